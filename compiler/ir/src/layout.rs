@@ -154,8 +154,7 @@ impl Layout {
                 let mut index: HashMap<(u32, i64), u32> = HashMap::new();
                 let mut tok_seg = Vec::with_capacity(tok_pos.len());
                 let mut seg_row = Vec::new();
-                for (k, (&r, &t)) in tok_row.iter().zip(&tok_pos).enumerate() {
-                    let _ = k;
+                for (&r, &t) in tok_row.iter().zip(&tok_pos) {
                     let v = vals[r as usize * width + t as usize];
                     let next = index.len() as u32;
                     let seg = *index.entry((r, v)).or_insert_with(|| {

@@ -27,9 +27,10 @@
 //!   the operands (as torch's `minimum`/`maximum`).
 //! * `Clamp(x, lo, hi)` = `min(max(x, lo), hi)` in value; gradient goes to `x` when
 //!   `lo <= x <= hi` (inclusive), to `lo` when `x < lo`, to `hi` when `x > hi` (as
-//!   torch's `clamp`, extended to tensor bounds for GPPO).
+//!   torch's `clamp`, extended to tensor bounds for GPPO). A NaN `x` sends the gradient to
+//!   `lo`; when `lo > hi` both bounds may receive it (torch does the same).
 //! * Reductions skip elements whose `mask` operand is false. A reduction over an empty
-//!   segment yields its `empty` value (0 by default). `Var`/`Std` divide by `n - ddof` and
+//!   segment yields its `empty` value (0 by default; this applies to `Count` too). `Var`/`Std` divide by `n - ddof` and
 //!   yield `empty` when `n - ddof <= 0`. Reduce `Max`/`Min` tie rule: the gradient is split
 //!   evenly among all tied maximal/minimal elements.
 //! * `Quantile` uses linear interpolation between order statistics (torch.quantile
@@ -37,7 +38,8 @@
 //! * `Rank` is the 0-based ascending rank within the segment; ties are broken by position
 //!   (lower position first). `TopK(k)` is true for the `k` largest (ties: lower position
 //!   first), `k` taken as `floor(k)` clamped to `[0, n]`. Masked-out elements rank last and
-//!   are never selected. Piecewise-constant ops have zero gradient.
+//!   are never selected; NaN ranks as the largest value. `Softmax`/`LogSoftmax` give 0
+//!   (with zero gradient) at masked-out elements. Piecewise-constant ops have zero gradient.
 //! * Scans run in token order within each segment of `within` (which must be `SEQ` or a
 //!   `RowSegments` space); `ScanRev` computes `g_t = x_t + c_t * g_{t+1}` with `g` past the
 //!   end 0; `Shift { offset: k }` gives `y_t = x_{t+k}` or `fill` past the segment's ends.
@@ -379,7 +381,7 @@ impl Program {
     }
 
     /// Handles of all nodes, in evaluation order.
-    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> {
+    pub fn node_ids(&self) -> impl DoubleEndedIterator<Item = NodeId> + ExactSizeIterator {
         (0..self.nodes.len() as u32).map(NodeId)
     }
 }
@@ -405,5 +407,13 @@ impl Op {
     }
 }
 
+pub mod autodiff;
+pub mod cse;
+pub mod dump;
+pub mod fold;
 pub mod layout;
+pub mod passes;
+pub mod scalar;
+pub mod validate;
+pub mod schedule;
 pub use layout::{Layout, LayoutError};
