@@ -1,0 +1,573 @@
+//! The `rlobj` command line, as a library so tests drive it in-process: [`main_with`] takes
+//! the arguments and the two output streams and returns the exit code. The binary only
+//! installs the panic hook and calls it.
+//!
+//! Exit codes: 0 success, 1 a user error (bad file, batch, `--set`, usage), 101 a bug
+//! (the panic hook, a last resort).
+
+use crate::api::{Error, Objective};
+use crate::output;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub mod demo;
+pub mod diff;
+
+/// Where the CLI writes.
+pub struct Io<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    /// Colour diagnostics (the binary sets it when stderr is a terminal).
+    pub color: bool,
+}
+
+/// A failed command: its message (already printed when empty).
+#[derive(Debug)]
+pub struct Fail(pub String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail(e.to_string())
+    }
+}
+impl From<crate::RunError> for Fail {
+    fn from(e: crate::RunError) -> Self {
+        Fail(e.0)
+    }
+}
+
+type CmdResult = Result<(), Fail>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rlobj",
+    version,
+    about = "Typed objectives for LLM reinforcement learning, compiled to fused forward+backward kernels",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check `.obj` files and print their diagnostics (exit 1 on any error).
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// `human` (ariadne reports on stderr) or `json` (one object on stdout).
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Format `.obj` files (to stdout, or in place with --write).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Do not print; exit 1 if any file is not formatted.
+        #[arg(long)]
+        check: bool,
+        /// Rewrite the files in place.
+        #[arg(long, conflicts_with = "check")]
+        write: bool,
+    },
+    /// Run an objective on a safetensors batch: loss, metrics, gradients, outputs, state.
+    Run {
+        /// The objective (`.obj`).
+        file: PathBuf,
+        #[command(flatten)]
+        common: RunArgs,
+        /// Print `{"loss", "metrics", "grads", "outputs", "state"}` as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write the results as f32 tensors (`loss`, `grad.<input>`, `metric.<name>`,
+        /// `output.<name>`, `state.<name>`).
+        #[arg(long, value_name = "OUT.safetensors")]
+        out: Option<PathBuf>,
+    },
+    /// Print a compilation artifact.
+    Compile {
+        file: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum)]
+        emit: Emit,
+        /// GPU architecture for ptx/cubin (`sm_XX`).
+        #[arg(long, default_value = "sm_80")]
+        arch: String,
+        /// Print the time of every compilation phase to stderr.
+        #[arg(long)]
+        timings: bool,
+        /// Const overrides (`name=value`), applied before compiling.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Compare two objectives (or settings) on one batch: loss, metrics, gradients.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        #[command(flatten)]
+        common: RunArgs,
+        /// How many of the largest per-token gradient differences to list.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
+    /// Run the objective catalog on a built-in synthetic batch.
+    Demo {
+        #[arg(long, default_value = "interp")]
+        backend: String,
+        /// Rows of the synthetic batch.
+        #[arg(long, default_value_t = 16)]
+        rows: usize,
+        /// Padded width of the synthetic batch.
+        #[arg(long, default_value_t = 48)]
+        width: usize,
+    },
+    /// Markdown documentation from `///` comments of a file, a stdlib module
+    /// (`std::ppo`), or `std` for the whole standard library.
+    Doc {
+        /// `FILE.obj`, `std::module` or `std`.
+        target: String,
+    },
+}
+
+/// Arguments shared by `run` and `diff`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The batch (safetensors); tensors bind to inputs by name, `mask` defines the tokens.
+    #[arg(long, value_name = "B.safetensors")]
+    pub batch: PathBuf,
+    /// Which backend runs it: interp (the f64 reference), cpu, opencl, cuda, candle — an
+    /// unknown name lists the ones in this build.
+    #[arg(long, default_value = "interp")]
+    pub backend: String,
+    /// Set a param, state (initial value) or const (recompiles): `--set clip_ratio_high=0.28`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// The IR as lowered by the front end (before autodiff).
+    Ir,
+    /// The IR after autodiff and optimisation.
+    IrGrad,
+    /// The kernel plan (phases, reads, writes).
+    Plan,
+    Cuda,
+    Ptx,
+    Cubin,
+    Opencl,
+    Clif,
+}
+
+/// Runs the CLI with `args` (including the program name) and returns the exit code.
+pub fn main_with<I, T>(args: I, io: &mut Io) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let text = e.render().to_string();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = io.out.write_all(text.as_bytes());
+                    0
+                }
+                _ => {
+                    let _ = io.err.write_all(text.as_bytes());
+                    1
+                }
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Check { files, format } => check(&files, format, io),
+        Command::Fmt {
+            files,
+            check,
+            write,
+        } => fmt(&files, check, write, io),
+        Command::Run {
+            file,
+            common,
+            json,
+            out,
+        } => run(&file, &common, json, out.as_deref(), io),
+        Command::Compile {
+            file,
+            emit,
+            arch,
+            timings,
+            sets,
+        } => compile(&file, emit, &arch, timings, &sets, io),
+        Command::Diff { a, b, common, top } => diff::diff(&a, &b, &common, top, io),
+        Command::Demo {
+            backend,
+            rows,
+            width,
+        } => demo::demo(&backend, rows, width, io),
+        Command::Doc { target } => doc(&target, io),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Fail(msg)) => {
+            if !msg.is_empty() {
+                let msg = msg.trim_end();
+                if msg.contains('\n')
+                    || msg.starts_with("error")
+                    || msg.starts_with("Error")
+                    || msg.starts_with('[')
+                {
+                    let _ = writeln!(io.err, "{msg}");
+                } else {
+                    let _ = writeln!(io.err, "error: {msg}");
+                }
+            }
+            1
+        }
+    }
+}
+
+/// Splits `name=value` settings.
+pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, Fail> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((n, v)) if !n.trim().is_empty() => Ok((n.trim().to_string(), v.to_string())),
+            _ => Err(Fail(format!(
+                "--set `{s}`: expected NAME=VALUE (e.g. --set clip_ratio_high=0.28)"
+            ))),
+        })
+        .collect()
+}
+
+/// Compiles `file` and applies `sets`; errors are prefixed with the file name.
+pub fn load(file: &Path, sets: &[(String, String)]) -> Result<Objective, Fail> {
+    let mut obj = Objective::compile(file).map_err(|e| in_file(file, e))?;
+    obj.set_many(sets).map_err(|e| in_file(file, e))?;
+    Ok(obj)
+}
+
+fn in_file(file: &Path, e: Error) -> Fail {
+    match e {
+        // Rendered diagnostics already name the file.
+        Error::Compile { rendered, .. } => Fail(rendered),
+        other => Fail(format!("{}: {other}", file.display())),
+    }
+}
+
+fn check(files: &[PathBuf], format: Format, io: &mut Io) -> CmdResult {
+    let mut failed = 0usize;
+    let mut json_files = Vec::new();
+    for f in files {
+        // Text that is not UTF-8 is reported here, before the front end sees it.
+        if let Some(msg) = not_utf8(f) {
+            failed += 1;
+            match format {
+                Format::Human => {
+                    let _ = writeln!(io.err, "error: {msg}");
+                }
+                Format::Json => json_files.push(serde_json::json!({
+                    "file": f.display().to_string(),
+                    "errors": 1,
+                    "warnings": 0,
+                    "diagnostics": [{"file": f.display().to_string(), "severity": "error", "code": "io", "message": msg}],
+                })),
+            }
+            continue;
+        }
+        let diags = rlobj_front::check_path(f);
+        let errors = diags.items.iter().filter(|d| d.is_error()).count();
+        if errors > 0 {
+            failed += 1;
+        }
+        match format {
+            Format::Human => {
+                if !diags.is_empty() {
+                    let _ = write!(io.err, "{}", diags.render(io.color));
+                }
+            }
+            Format::Json => json_files.push(serde_json::json!({
+                "file": f.display().to_string(),
+                "errors": errors,
+                "warnings": diags.len() - errors,
+                "diagnostics": diags.to_json(),
+            })),
+        }
+    }
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({ "ok": failed == 0, "files": json_files });
+            let _ = writeln!(io.out, "{v}");
+        }
+        Format::Human if failed == 0 => {
+            let _ = writeln!(
+                io.out,
+                "ok: {} file{} checked",
+                files.len(),
+                if files.len() == 1 { "" } else { "s" }
+            );
+        }
+        Format::Human => {
+            let _ = writeln!(
+                io.err,
+                "error: {failed} of {} file{} failed to check",
+                files.len(),
+                if files.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if failed > 0 {
+        Err(Fail(String::new()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `Some(message)` when `f` exists but is not UTF-8 text.
+fn not_utf8(f: &Path) -> Option<String> {
+    let bytes = std::fs::read(f).ok()?;
+    let e = std::str::from_utf8(&bytes).err()?;
+    Some(format!(
+        "{}: not UTF-8 text (invalid byte at offset {})",
+        f.display(),
+        e.valid_up_to()
+    ))
+}
+
+/// Formats one file's text, or returns its rendered syntax errors.
+pub fn format_text(path: &Path, text: &str, color: bool) -> Result<String, Fail> {
+    use rlobj_front::sources::{Origin, SourceMap};
+    let mut map = SourceMap::new();
+    let id = map.add(
+        path.display().to_string(),
+        Origin::Path(path.to_path_buf()),
+        text,
+    );
+    let (module, errors) = rlobj_front::parser::parse(id, text);
+    if !errors.is_empty() {
+        let items = errors
+            .iter()
+            .map(rlobj_front::diag::from_syntax_error)
+            .collect();
+        return Err(Fail(
+            rlobj_front::Diagnostics::new(map, items).render(color),
+        ));
+    }
+    Ok(rlobj_front::printer::print(&module))
+}
+
+fn fmt(files: &[PathBuf], check: bool, write: bool, io: &mut Io) -> CmdResult {
+    let mut bad = 0usize;
+    for f in files {
+        let text = match std::fs::read(f) {
+            Err(e) => {
+                let _ = writeln!(io.err, "error: {}: cannot read: {e}", f.display());
+                bad += 1;
+                continue;
+            }
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = writeln!(
+                        io.err,
+                        "error: {}",
+                        not_utf8(f).unwrap_or_else(|| format!("{}: not UTF-8 text", f.display()))
+                    );
+                    bad += 1;
+                    continue;
+                }
+            },
+        };
+        let formatted = match format_text(f, &text, io.color) {
+            Ok(s) => s,
+            Err(Fail(m)) => {
+                let _ = write!(io.err, "{m}");
+                bad += 1;
+                continue;
+            }
+        };
+        if check {
+            if formatted != text {
+                let _ = writeln!(io.out, "{}: not formatted", f.display());
+                bad += 1;
+            }
+        } else if write {
+            if formatted != text {
+                if let Err(e) = std::fs::write(f, &formatted) {
+                    let _ = writeln!(io.err, "error: {}: cannot write: {e}", f.display());
+                    bad += 1;
+                }
+            }
+        } else {
+            let _ = write!(io.out, "{formatted}");
+        }
+    }
+    if bad > 0 {
+        Err(Fail(String::new()))
+    } else {
+        Ok(())
+    }
+}
+
+fn run(file: &Path, args: &RunArgs, json: bool, out: Option<&Path>, io: &mut Io) -> CmdResult {
+    let sets = parse_sets(&args.sets)?;
+    let mut obj = load(file, &sets)?;
+    let mut backend = crate::backends::backend_by_name(&args.backend)?;
+    let bound = obj.bind_file(&args.batch)?;
+    let res = obj
+        .evaluate(backend.as_mut(), &bound)
+        .map_err(|e| in_file(file, e))?;
+    let rep = output::report(&res)?;
+    if let Some(p) = out {
+        output::write_safetensors(&rep, p)?;
+    }
+    if json {
+        let _ = writeln!(io.out, "{}", output::to_json(&rep));
+    } else {
+        let _ = write!(io.out, "{}", output::table(obj.name(), &rep));
+    }
+    Ok(())
+}
+
+fn compile(
+    file: &Path,
+    emit: Emit,
+    arch: &str,
+    timings: bool,
+    sets: &[String],
+    io: &mut Io,
+) -> CmdResult {
+    let sets = parse_sets(sets)?;
+    let t0 = Instant::now();
+    let source = rlobj_front::compile_path(file, &sets).map_err(|d| Fail(d.render(io.color)))?;
+    let t_front = t0.elapsed();
+    let t1 = Instant::now();
+    let program = crate::api::finish(&source).map_err(|e| in_file(file, e))?;
+    let t_mid = t1.elapsed();
+    let t2 = Instant::now();
+    let text = emit_artifact(emit, &source, &program, arch)
+        .map_err(|m| Fail(format!("{}: {m}", file.display())))?;
+    let t_emit = t2.elapsed();
+    let _ = io.out.write_all(&text);
+    if emit != Emit::Cubin && !text.ends_with(b"\n") {
+        let _ = writeln!(io.out);
+    }
+    if timings {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let _ = writeln!(
+            io.err,
+            "timings: front end {:.2} ms, autodiff+optimise {:.2} ms, emit {:?} {:.2} ms",
+            ms(t_front),
+            ms(t_mid),
+            emit,
+            ms(t_emit)
+        );
+    }
+    Ok(())
+}
+
+/// Every `--emit` artifact, in one place: code generators register here. `cubin` is
+/// binary; everything else is text.
+pub fn emit_artifact(
+    emit: Emit,
+    source: &rlobj_ir::Program,
+    program: &rlobj_ir::Program,
+    arch: &str,
+) -> Result<Vec<u8>, String> {
+    let kind = match emit {
+        Emit::Ir => return Ok(rlobj_ir::dump::dump(source).into_bytes()),
+        Emit::IrGrad => return Ok(rlobj_ir::dump::dump(program).into_bytes()),
+        Emit::Clif => {
+            return Err("--emit clif is not available yet in this build \
+                 (try --emit ir, ir-grad, plan, cuda, opencl, ptx or cubin)"
+                .into())
+        }
+        Emit::Plan => "plan",
+        Emit::Cuda => "cuda",
+        Emit::Opencl => "opencl",
+        Emit::Ptx => "ptx",
+        Emit::Cubin => "cubin",
+    };
+    let sm = parse_arch(arch)?;
+    crate::emit::emit(program, kind, sm).map_err(|e| e.0)
+}
+
+/// `sm_90` / `compute_90` / `90` → 90.
+fn parse_arch(arch: &str) -> Result<u32, String> {
+    let digits = arch
+        .trim_start_matches("sm_")
+        .trim_start_matches("compute_");
+    digits
+        .parse::<u32>()
+        .map_err(|_| format!("--arch `{arch}`: expected sm_XX (e.g. sm_80, sm_90)"))
+}
+
+fn doc(target: &str, io: &mut Io) -> CmdResult {
+    let render = |d: rlobj_front::Diagnostics| Fail(d.render(false));
+    let mut md = String::new();
+    if target == "std" {
+        md.push_str("# The rlobj standard library\n\n");
+        for m in rlobj_front::sources::stdlib_modules() {
+            let d = rlobj_front::doc_std_module(m).map_err(render)?;
+            md.push_str(&markdown(&format!("std::{m}"), &d, 2));
+        }
+    } else if let Some(m) = target.strip_prefix("std::") {
+        if rlobj_front::sources::stdlib_source(m).is_none() {
+            return Err(Fail(format!(
+                "no stdlib module `{target}`; available: {}",
+                rlobj_front::sources::stdlib_modules()
+                    .iter()
+                    .map(|m| format!("std::{m}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let d = rlobj_front::doc_std_module(m).map_err(render)?;
+        md.push_str(&markdown(target, &d, 1));
+    } else {
+        let d = rlobj_front::doc_items(Path::new(target)).map_err(render)?;
+        md.push_str(&markdown(target, &d, 1));
+    }
+    let _ = write!(io.out, "{md}");
+    Ok(())
+}
+
+/// One module as Markdown: a heading, the `//!` text, then every item's signature and docs.
+fn markdown(title: &str, d: &rlobj_front::ModuleDoc, level: usize) -> String {
+    let h = "#".repeat(level);
+    let mut s = format!("{h} `{title}`\n\n");
+    for line in &d.doc {
+        s.push_str(line.strip_prefix(' ').unwrap_or(line));
+        s.push('\n');
+    }
+    if !d.doc.is_empty() {
+        s.push('\n');
+    }
+    for item in &d.items {
+        s.push_str(&format!(
+            "{h}# `{}`\n\n```\n{}\n```\n\n",
+            item.name, item.signature
+        ));
+        for line in &item.doc {
+            s.push_str(line.strip_prefix(' ').unwrap_or(line));
+            s.push('\n');
+        }
+        if !item.doc.is_empty() {
+            s.push('\n');
+        }
+    }
+    s
+}
