@@ -126,6 +126,63 @@ pub enum Command {
         #[arg(long, default_value_t = 48)]
         width: usize,
     },
+    /// Train a small candle policy on a toy addition task with an objective; prints the
+    /// reward per step.
+    Train {
+        /// The objective (`.obj`); also accepted as `--objective FILE`.
+        #[arg(required_unless_present = "objective", conflicts_with = "objective")]
+        file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE.obj")]
+        objective: Option<PathBuf>,
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Set a param or const of the objective (`NAME=VALUE`).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+        #[arg(long, default_value = "interp")]
+        backend: String,
+        /// Backpropagate through the objective's candle op instead of the surrogate
+        /// `sum(logp · dL/dlogp)` (both give the same gradient).
+        #[arg(long)]
+        candle_op: bool,
+    },
+    /// Train with several objectives on the same seeds; writes `compare.svg` and
+    /// `compare.md` (reward, clip fraction, KL, entropy, gradient norm curves).
+    Compare {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+        /// Output directory of the report.
+        #[arg(long, default_value = "compare")]
+        out: PathBuf,
+    },
+    /// Plot the surrogate and its gradient against the ratio, for positive and negative
+    /// advantages (SVG).
+    Plot {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+        /// Output file (default `<first file>.surrogate.svg`).
+        #[arg(long, value_name = "FILE.svg")]
+        out: Option<PathBuf>,
+    },
+    /// Record or check golden snapshots (loss, metrics, gradient summaries) of objectives on
+    /// a fixed batch; exit 1 when a snapshot changed (review it, or pass --accept).
+    Golden {
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "tests/snapshots")]
+        dir: PathBuf,
+        #[arg(long)]
+        accept: bool,
+    },
     /// Markdown documentation from `///` comments of a file, a stdlib module
     /// (`std::ppo`), or `std` for the whole standard library.
     Doc {
@@ -220,6 +277,44 @@ where
             width,
         } => demo::demo(&backend, rows, width, io),
         Command::Doc { target } => doc(&target, io),
+        Command::Train {
+            file,
+            objective,
+            steps,
+            seed,
+            sets,
+            backend,
+            candle_op,
+        } => {
+            let file = file.or(objective).unwrap_or_default();
+            research(io, |out| {
+                let sets = parse_sets(&sets).map_err(|f| f.0)?;
+                crate::train::commands::train_command(
+                    &file, steps, seed, &sets, &backend, candle_op, out,
+                )
+            })
+        }
+        Command::Compare {
+            files,
+            steps,
+            seed,
+            sets,
+            out,
+        } => research(io, |w| {
+            let sets = parse_sets(&sets).map_err(|f| f.0)?;
+            crate::train::commands::compare_command(&files, steps, seed, &sets, &out, w)
+        }),
+        Command::Plot { files, sets, out } => research(io, |w| {
+            let sets = parse_sets(&sets).map_err(|f| f.0)?;
+            crate::train::commands::plot_command(&files, &sets, out.as_deref(), w)
+        }),
+        Command::Golden {
+            files,
+            dir,
+            accept,
+        } => research(io, |w| {
+            crate::train::commands::golden_command(&files, &dir, accept, w)
+        }),
     };
     match result {
         Ok(()) => 0,
@@ -238,6 +333,19 @@ where
             }
             1
         }
+    }
+}
+
+/// Runs one of the training/plotting commands, which report an exit code of their own
+/// (1 for "a golden snapshot changed") or an error message.
+fn research(
+    io: &mut Io,
+    command: impl FnOnce(&mut dyn Write) -> Result<i32, String>,
+) -> CmdResult {
+    match command(&mut *io.out) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(Fail(String::new())),
+        Err(msg) => Err(Fail(msg)),
     }
 }
 
