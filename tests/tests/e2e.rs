@@ -236,8 +236,7 @@ fn fenced_blocks(md: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The subcommands of `docs/`' shell blocks that the CLI may not dispatch yet; until it does,
-/// the test calls the same functions (`rlobj_runtime::train::commands`) the CLI will call.
+/// Runs the CLI in-process: `(exit code, stdout, stderr)`.
 fn run_rlobj(args: &[String]) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = {
@@ -249,68 +248,13 @@ fn run_rlobj(args: &[String]) -> (i32, String, String) {
         let argv = std::iter::once("rlobj".to_string()).chain(args.iter().cloned());
         rlobj_runtime::cli::main_with(argv, &mut io)
     };
-    let err_s = String::from_utf8_lossy(&err).into_owned();
-    let sub = args.first().map(String::as_str).unwrap_or("");
-    if code != 0
-        && err_s.contains("unrecognized subcommand")
-        && ["train", "compare", "plot", "golden"].contains(&sub)
-    {
-        return run_direct(args);
-    }
-    (code, String::from_utf8_lossy(&out).into_owned(), err_s)
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }
 
-fn run_direct(args: &[String]) -> (i32, String, String) {
-    use rlobj_runtime::train::commands::*;
-    let mut files = Vec::new();
-    let (mut steps, mut seed, mut sets, mut outp, mut dir, mut accept) = (
-        200usize,
-        0u64,
-        Vec::new(),
-        None::<PathBuf>,
-        PathBuf::from("tests/snapshots"),
-        false,
-    );
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().expect("flag value");
-        match a.as_str() {
-            "--steps" => steps = val().parse().expect("steps"),
-            "--seed" => seed = val().parse().expect("seed"),
-            "--set" => {
-                let v = val();
-                let (k, x) = v.split_once('=').expect("k=v");
-                sets.push((k.to_string(), x.to_string()));
-            }
-            "--out" => outp = Some(PathBuf::from(val())),
-            "--dir" => dir = PathBuf::from(val()),
-            "--accept" => accept = true,
-            f => files.push(PathBuf::from(f)),
-        }
-    }
-    let mut out = Vec::new();
-    let r = match args[0].as_str() {
-        "train" => train_command(&files[0], steps, seed, &sets, "interp", false, &mut out),
-        "compare" => compare_command(
-            &files,
-            steps,
-            seed,
-            &sets,
-            outp.as_deref().unwrap_or(Path::new("compare")),
-            &mut out,
-        ),
-        "plot" => plot_command(&files, &sets, outp.as_deref(), &mut out),
-        _ => golden_command(&files, &dir, accept, &mut out),
-    };
-    match r {
-        Ok(code) => (
-            code,
-            String::from_utf8_lossy(&out).into_owned(),
-            String::new(),
-        ),
-        Err(e) => (1, String::from_utf8_lossy(&out).into_owned(), e),
-    }
-}
 
 /// Every ```obj block of the docs is checked (standalone: a file of its own), every `rlobj …`
 /// line of a ```sh block is run from the repository root and must exit 0.
