@@ -1,0 +1,389 @@
+//! Vectorisable f32 math routines emitted as Cranelift IR.
+//!
+//! Cranelift has no `exp`/`log` instructions, and a libm call per lane would stop the row
+//! loops from vectorising, so each routine is a branch-free polynomial that works the same
+//! on `F32` and `F32X4` values (selects instead of branches). Accuracy against libm is
+//! tested over each domain in `tests/tests/cpu.rs` (figures in `docs/performance.md`).
+//!
+//! Bool values are kept as f32 `0.0`/`1.0` everywhere in the JIT, so every routine here
+//! takes and returns floats of the type it was given.
+
+#![allow(clippy::excessive_precision)] // musl constants are kept as published
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+
+/// An emitter for one value type (`F32` or `F32X4`).
+pub struct Emit<'a, 'b> {
+    pub b: &'a mut FunctionBuilder<'b>,
+    pub ty: Type,
+}
+
+impl<'a, 'b> Emit<'a, 'b> {
+    pub fn new(b: &'a mut FunctionBuilder<'b>, ty: Type) -> Self {
+        Emit { b, ty }
+    }
+
+    fn vector(&self) -> bool {
+        self.ty.is_vector()
+    }
+
+    /// The integer type with the same lane layout.
+    fn ity(&self) -> Type {
+        if self.vector() {
+            types::I32X4
+        } else {
+            types::I32
+        }
+    }
+
+    /// A float constant of this emitter's type.
+    pub fn c(&mut self, v: f32) -> Value {
+        let s = self.b.ins().f32const(v);
+        if self.vector() {
+            self.b.ins().splat(self.ty, s)
+        } else {
+            s
+        }
+    }
+
+    fn ci(&mut self, v: i32) -> Value {
+        let s = self.b.ins().iconst(types::I32, i64::from(v));
+        if self.vector() {
+            self.b.ins().splat(types::I32X4, s)
+        } else {
+            s
+        }
+    }
+
+    fn bits_of(&mut self, x: Value) -> Value {
+        let ity = self.ity();
+        self.b.ins().bitcast(
+            ity,
+            MemFlagsData::new().with_endianness(Endianness::Little),
+            x,
+        )
+    }
+
+    fn float_of(&mut self, x: Value) -> Value {
+        let ty = self.ty;
+        self.b.ins().bitcast(
+            ty,
+            MemFlagsData::new().with_endianness(Endianness::Little),
+            x,
+        )
+    }
+
+    /// A lane mask (vector) or `i8` flag (scalar) for `a cc b`.
+    pub fn cmp(&mut self, cc: FloatCC, a: Value, b: Value) -> Value {
+        self.b.ins().fcmp(cc, a, b)
+    }
+
+    /// `cond ? a : b` for a condition made by [`Emit::cmp`].
+    pub fn sel(&mut self, cond: Value, a: Value, b: Value) -> Value {
+        if self.vector() {
+            let ty = self.ty;
+            let mask = if self.b.func.dfg.value_type(cond) == ty {
+                cond
+            } else {
+                self.b.ins().bitcast(
+                    ty,
+                    MemFlagsData::new().with_endianness(Endianness::Little),
+                    cond,
+                )
+            };
+            self.b.ins().bitselect(mask, a, b)
+        } else {
+            self.b.ins().select(cond, a, b)
+        }
+    }
+
+    /// A comparison as f32 `1.0`/`0.0` (the JIT's representation of bool).
+    pub fn cmp_f(&mut self, cc: FloatCC, a: Value, b: Value) -> Value {
+        let c = self.cmp(cc, a, b);
+        let one = self.c(1.0);
+        let zero = self.c(0.0);
+        self.sel(c, one, zero)
+    }
+
+    /// Whether an f32-encoded bool is true (`!= 0`), as a condition.
+    pub fn truthy(&mut self, x: Value) -> Value {
+        let zero = self.c(0.0);
+        self.cmp(FloatCC::NotEqual, x, zero)
+    }
+
+    pub fn add(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fadd(a, b)
+    }
+    pub fn sub(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fsub(a, b)
+    }
+    pub fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fmul(a, b)
+    }
+    pub fn div(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fdiv(a, b)
+    }
+
+    /// `a*b + c` without fusing (x64 without FMA would make fused a libcall).
+    fn madd(&mut self, a: Value, b: Value, c: Value) -> Value {
+        let m = self.mul(a, b);
+        self.add(m, c)
+    }
+
+    /// Horner evaluation of `coef[0] + coef[1]*x + …`.
+    fn poly(&mut self, x: Value, coef: &[f32]) -> Value {
+        let mut acc = self.c(coef[coef.len() - 1]);
+        for &k in coef.iter().rev().skip(1) {
+            let kc = self.c(k);
+            acc = self.madd(acc, x, kc);
+        }
+        acc
+    }
+
+    /// IR `min`: NaN if either operand is NaN, else the smaller (Cranelift `fmin` is
+    /// IEEE minimum, which also orders -0 < +0; the interpreter compares, so we do too).
+    pub fn min(&mut self, a: Value, b: Value) -> Value {
+        let lt = self.cmp(FloatCC::LessThan, b, a);
+        let m = self.sel(lt, b, a);
+        self.nan_either(a, b, m)
+    }
+
+    /// IR `max`, see [`Emit::min`].
+    pub fn max(&mut self, a: Value, b: Value) -> Value {
+        let gt = self.cmp(FloatCC::GreaterThan, b, a);
+        let m = self.sel(gt, b, a);
+        self.nan_either(a, b, m)
+    }
+
+    /// `m`, or NaN where `a` or `b` is NaN.
+    fn nan_either(&mut self, a: Value, b: Value, m: Value) -> Value {
+        let un = self.cmp(FloatCC::Unordered, a, b);
+        let nan = self.c(f32::NAN);
+        self.sel(un, nan, m)
+    }
+
+    pub fn abs(&mut self, x: Value) -> Value {
+        self.b.ins().fabs(x)
+    }
+
+    /// `e^x`: Cody–Waite reduction `x = n ln2 + r`, degree-7 Taylor on `|r| <= ln2/2`,
+    /// and `2^n` built as two exponent-field products so subnormal results round once.
+    pub fn exp(&mut self, x: Value) -> Value {
+        let hi = self.c(89.0);
+        let lo = self.c(-104.0);
+        let xc = self.b.ins().fmin(x, hi);
+        let xc = self.b.ins().fmax(xc, lo);
+        let log2e = self.c(std::f32::consts::LOG2_E);
+        let t = self.mul(xc, log2e);
+        let n = self.b.ins().nearest(t);
+        let ln2_hi = self.c(0.693_145_751_953_125);
+        let ln2_lo = self.c(1.428_606_765_330_187e-6);
+        let a = self.mul(n, ln2_hi);
+        let r = self.sub(xc, a);
+        let a = self.mul(n, ln2_lo);
+        let r = self.sub(r, a);
+        let p = self.poly(
+            r,
+            &[
+                1.0,
+                1.0,
+                0.5,
+                1.0 / 6.0,
+                1.0 / 24.0,
+                1.0 / 120.0,
+                1.0 / 720.0,
+                1.0 / 5040.0,
+            ],
+        );
+        let ity = self.ity();
+        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let n1 = self.b.ins().sshr_imm_s(ni, 1);
+        let n2 = self.b.ins().isub(ni, n1);
+        let s1 = self.pow2i(n1);
+        let s2 = self.pow2i(n2);
+        let p = self.mul(p, s1);
+        self.mul(p, s2)
+    }
+
+    /// `2^n` for an integer `n` in the normal exponent range.
+    fn pow2i(&mut self, n: Value) -> Value {
+        let bias = self.ci(127);
+        let e = self.b.ins().iadd(n, bias);
+        let e = self.b.ins().ishl_imm_s(e, 23);
+        self.float_of(e)
+    }
+
+    /// `ln x` (musl `logf`'s reduction and polynomial), subnormals pre-scaled by 2^25.
+    pub fn log(&mut self, x: Value) -> Value {
+        let tiny = self.c(f32::MIN_POSITIVE);
+        let is_sub = self.cmp(FloatCC::LessThan, x, tiny);
+        let scale = self.c(33_554_432.0); // 2^25
+        let xs = self.mul(x, scale);
+        let xr = self.sel(is_sub, xs, x);
+        let m25 = self.c(-25.0);
+        let z0 = self.c(0.0);
+        let kadj = self.sel(is_sub, m25, z0);
+
+        let bits = self.bits_of(xr);
+        let off = self.ci(0x3f80_0000 - 0x3f35_04f3);
+        let ix = self.b.ins().iadd(bits, off);
+        let k = self.b.ins().sshr_imm_s(ix, 23);
+        let bias = self.ci(0x7f);
+        let k = self.b.ins().isub(k, bias);
+        let mant = self.ci(0x007f_ffff);
+        let ix = self.b.ins().band(ix, mant);
+        let base = self.ci(0x3f35_04f3);
+        let ix = self.b.ins().iadd(ix, base);
+        let m = self.float_of(ix);
+        let ty = self.ty;
+        let dk = self.b.ins().fcvt_from_sint(ty, k);
+        let dk = self.add(dk, kadj);
+
+        let one = self.c(1.0);
+        let two = self.c(2.0);
+        let f = self.sub(m, one);
+        let d = self.add(two, f);
+        let s = self.div(f, d);
+        let z = self.mul(s, s);
+        let w = self.mul(z, z);
+        let t1 = self.poly(w, &[0.400_009_72, 0.242_790_79]);
+        let t1 = self.mul(w, t1);
+        let t2 = self.poly(w, &[0.666_666_6, 0.284_987_87]);
+        let t2 = self.mul(z, t2);
+        let rr = self.add(t2, t1);
+        let half = self.c(0.5);
+        let hf = self.mul(half, f);
+        let hfsq = self.mul(hf, f);
+        let a = self.add(hfsq, rr);
+        let a = self.mul(s, a);
+        let l2lo = self.c(9.058_000_6e-6);
+        let l2hi = self.c(0.693_138_1);
+        let b1 = self.mul(dk, l2lo);
+        let res = self.add(a, b1);
+        let res = self.sub(res, hfsq);
+        let res = self.add(res, f);
+        let b2 = self.mul(dk, l2hi);
+        let res = self.add(res, b2);
+
+        // Special values: x < 0 or NaN → NaN, 0 → -inf, +inf → +inf.
+        let zero = self.c(0.0);
+        let inf = self.c(f32::INFINITY);
+        let is_inf = self.cmp(FloatCC::Equal, x, inf);
+        let res = self.sel(is_inf, inf, res);
+        let is_zero = self.cmp(FloatCC::Equal, x, zero);
+        let ninf = self.c(f32::NEG_INFINITY);
+        let res = self.sel(is_zero, ninf, res);
+        let bad = self.cmp(FloatCC::UnorderedOrLessThan, x, zero);
+        let nan = self.c(f32::NAN);
+        self.sel(bad, nan, res)
+    }
+
+    /// `ln(1+x)` by Goldberg's correction `log(u) * x / (u - 1)`, `u = 1 + x`.
+    pub fn log1p(&mut self, x: Value) -> Value {
+        let one = self.c(1.0);
+        let u = self.add(one, x);
+        let lu = self.log(u);
+        let um1 = self.sub(u, one);
+        let q = self.div(x, um1);
+        let r = self.mul(lu, q);
+        let same = self.cmp(FloatCC::Equal, u, one);
+        let r = self.sel(same, x, r);
+        let inf = self.c(f32::INFINITY);
+        let is_inf = self.cmp(FloatCC::Equal, x, inf);
+        self.sel(is_inf, inf, r)
+    }
+
+    /// `e^x - 1` by Kahan's correction `(u - 1) * x / log(u)`, `u = e^x`.
+    pub fn expm1(&mut self, x: Value) -> Value {
+        let one = self.c(1.0);
+        let u = self.exp(x);
+        let um1 = self.sub(u, one);
+        let lu = self.log(u);
+        let q = self.div(x, lu);
+        let r = self.mul(um1, q);
+        let same = self.cmp(FloatCC::Equal, u, one);
+        let r = self.sel(same, x, r);
+        let m1 = self.c(-1.0);
+        let is_m1 = self.cmp(FloatCC::Equal, um1, m1);
+        let r = self.sel(is_m1, m1, r);
+        let big = self.c(88.0);
+        let is_big = self.cmp(FloatCC::GreaterThan, x, big);
+        self.sel(is_big, um1, r)
+    }
+
+    /// `tanh x = e/(e+2)` with `e = expm1(2|x|)`, sign restored; saturates past |x| = 9.1.
+    pub fn tanh(&mut self, x: Value) -> Value {
+        let ax = self.abs(x);
+        let cap = self.c(9.1);
+        let ax = self.b.ins().fmin(ax, cap);
+        let two = self.c(2.0);
+        let a2 = self.mul(two, ax);
+        let e = self.expm1(a2);
+        let d = self.add(e, two);
+        let t = self.div(e, d);
+        self.copysign(t, x)
+    }
+
+    /// `|mag|` with the sign of `sign` (bit ops: x64 has no vector `fcopysign`).
+    fn copysign(&mut self, mag: Value, sign: Value) -> Value {
+        let m = self.bits_of(mag);
+        let s = self.bits_of(sign);
+        let lo = self.ci(0x7fff_ffff);
+        let hi = self.ci(i32::MIN);
+        let m = self.b.ins().band(m, lo);
+        let s = self.b.ins().band(s, hi);
+        let r = self.b.ins().bor(m, s);
+        self.float_of(r)
+    }
+
+    /// `1/(1+e^-x)`, written with `e = e^-|x|` so neither tail loses precision.
+    pub fn sigmoid(&mut self, x: Value) -> Value {
+        let ax = self.abs(x);
+        let nax = self.b.ins().fneg(ax);
+        let e = self.exp(nax);
+        let one = self.c(1.0);
+        let d = self.add(one, e);
+        let pos = self.div(one, d);
+        let neg = self.div(e, d);
+        let zero = self.c(0.0);
+        let ge = self.cmp(FloatCC::GreaterThanOrEqual, x, zero);
+        // NaN fails `>=` and gives e/(1+e) = NaN anyway.
+        self.sel(ge, pos, neg)
+    }
+
+    /// `log(1 + e^x) = max(x, 0) + log1p(e^-|x|)`.
+    pub fn softplus(&mut self, x: Value) -> Value {
+        let ax = self.abs(x);
+        let nax = self.b.ins().fneg(ax);
+        let e = self.exp(nax);
+        let l = self.log1p(e);
+        let zero = self.c(0.0);
+        let m = self.max(x, zero);
+        self.add(m, l)
+    }
+
+    /// `log σ(x) = min(x, 0) - log1p(e^-|x|)`.
+    pub fn log_sigmoid(&mut self, x: Value) -> Value {
+        let ax = self.abs(x);
+        let nax = self.b.ins().fneg(ax);
+        let e = self.exp(nax);
+        let l = self.log1p(e);
+        let zero = self.c(0.0);
+        let m = self.min(x, zero);
+        self.sub(m, l)
+    }
+
+    /// `sign(x)`: -1, 0 or 1, NaN stays NaN.
+    pub fn sign(&mut self, x: Value) -> Value {
+        let zero = self.c(0.0);
+        let one = self.c(1.0);
+        let m1 = self.c(-1.0);
+        let gt = self.cmp(FloatCC::GreaterThan, x, zero);
+        let lt = self.cmp(FloatCC::LessThan, x, zero);
+        let r = self.sel(lt, m1, zero);
+        let r = self.sel(gt, one, r);
+        let un = self.cmp(FloatCC::Unordered, x, x);
+        self.sel(un, x, r)
+    }
+}

@@ -1,0 +1,276 @@
+//! `rlobj bench`: forward+backward time per backend on a synthetic full batch, with the
+//! plan's bytes per token turned into effective bandwidth and compared with a measured
+//! memory-copy bandwidth of the same machine (the roofline ratio).
+
+use crate::cpu::CpuProgram;
+use crate::{Backend, Bound, RunError};
+use rlobj_ir::{InputKind, Layout, Program, SpaceId, SpaceKind};
+use std::path::Path;
+use std::time::Instant;
+
+/// One backend's timing.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    pub backend: String,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub gb_per_s: f64,
+}
+
+/// Everything `rlobj bench` reports for one objective.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub objective: String,
+    pub rows: usize,
+    pub tokens: usize,
+    pub bytes_per_token: f64,
+    pub copy_gb_per_s: f64,
+    pub peak_rss_mb: f64,
+    pub results: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    fn secs(&self, b: &str) -> Option<f64> {
+        self.results
+            .iter()
+            .find(|r| r.backend == b)
+            .map(|r| r.seconds)
+    }
+
+    /// The JSON object of this report (keys are a contract: see `docs/performance.md`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let cpu = self.secs("cpu");
+        let ratio = |other: &str| match (cpu, self.secs(other)) {
+            (Some(c), Some(o)) if c > 0.0 => serde_json::json!(o / c),
+            _ => serde_json::Value::Null,
+        };
+        let roof = self
+            .results
+            .iter()
+            .find(|r| r.backend == "cpu")
+            .map(|r| r.gb_per_s / self.copy_gb_per_s);
+        serde_json::json!({
+            "objective": self.objective,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "bytes_per_token": self.bytes_per_token,
+            "copy_gb_per_s": self.copy_gb_per_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "speedup_vs_candle": ratio("candle"),
+            "speedup_vs_interp": ratio("interp"),
+            "roofline_fraction": roof,
+            "backends": self.results.iter().map(|r| serde_json::json!({
+                "backend": r.backend, "seconds": r.seconds,
+                "tokens_per_s": r.tokens_per_s, "gb_per_s": r.gb_per_s,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A human-readable table.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "{}: {}x{} tokens, {:.1} B/token (plan), copy bandwidth {:.2} GB/s, peak RSS {:.0} MB\n",
+            self.objective, self.rows, self.tokens, self.bytes_per_token, self.copy_gb_per_s, self.peak_rss_mb
+        );
+        for r in &self.results {
+            s += &format!(
+                "  {:<8} {:>10.3} ms {:>12.3e} tok/s {:>7.2} GB/s\n",
+                r.backend,
+                r.seconds * 1e3,
+                r.tokens_per_s,
+                r.gb_per_s
+            );
+        }
+        let j = self.to_json();
+        s += &format!(
+            "  speedup vs candle {}, vs interp {}, roofline fraction {}\n",
+            j["speedup_vs_candle"], j["speedup_vs_interp"], j["roofline_fraction"]
+        );
+        s
+    }
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Measured copy bandwidth (read + write bytes per second) over 64 MiB buffers, in GB/s.
+pub fn copy_bandwidth_gb_s() -> f64 {
+    let n = 16 << 20;
+    let src = vec![1f32; n];
+    let mut dst = vec![0f32; n];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&mut dst);
+    }
+    (2.0 * 4.0 * n as f64) / best / 1e9
+}
+
+/// A full synthetic batch: every row `tokens` long, groups of 4 rows, turns of 64 tokens.
+pub fn synthetic_bound(prog: &Program, rows: usize, tokens: usize) -> Result<Bound, RunError> {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut unif = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mask = vec![true; rows * tokens];
+    let mut ids = Vec::new();
+    for (k, inp) in prog.inputs.iter().enumerate() {
+        if let InputKind::Ids { space } = inp.kind {
+            let v: Vec<i64> = match prog.spaces[space.index()].kind {
+                SpaceKind::RowGroups { .. } => (0..rows).map(|r| (r / 4) as i64).collect(),
+                _ => (0..rows * tokens)
+                    .map(|i| ((i % tokens) / 64) as i64)
+                    .collect(),
+            };
+            ids.push((rlobj_ir::InputId(k as u32), v));
+        }
+    }
+    let layout =
+        Layout::build(prog, rows, tokens, &mask, &ids).map_err(|e| RunError(e.to_string()))?;
+    let values = prog
+        .inputs
+        .iter()
+        .map(|inp| match &inp.kind {
+            InputKind::Value { elem, space, .. } => Some(
+                (0..layout.size(*space))
+                    .map(|_| match elem {
+                        rlobj_ir::Elem::Bool => f64::from(u8::from(unif() < 0.8)),
+                        rlobj_ir::Elem::F32 if inp.name.contains("logp") => {
+                            (-0.05 - 2.0 * unif()) as f32 as f64
+                        }
+                        rlobj_ir::Elem::F32 => (2.0 * unif() - 1.0) as f32 as f64,
+                    })
+                    .collect(),
+            ),
+            InputKind::Ids { .. } => None,
+        })
+        .collect();
+    Ok(Bound { layout, values })
+}
+
+/// Median of `reps` timed calls after one warm-up.
+fn time<F: FnMut() -> Result<(), RunError>>(reps: usize, mut f: F) -> Result<f64, RunError> {
+    f()?;
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+/// Benchmarks the objective in `obj_path` on a `rows × tokens` batch for each backend
+/// (`interp`, `cpu`, `candle`); `json` selects the output format.
+pub fn bench(
+    obj_path: &Path,
+    rows: usize,
+    tokens: usize,
+    backends: &[String],
+    json: bool,
+) -> Result<String, RunError> {
+    let obj = crate::api::Objective::compile(obj_path).map_err(|e| RunError(e.to_string()))?;
+    let report = bench_program(
+        obj.program(),
+        obj.params(),
+        obj.states(),
+        rows,
+        tokens,
+        backends,
+    )?;
+    Ok(if json {
+        report.to_json().to_string()
+    } else {
+        report.to_text()
+    })
+}
+
+/// [`bench`] on an already compiled program.
+pub fn bench_program(
+    prog: &Program,
+    params: &[f64],
+    states: &[f64],
+    rows: usize,
+    tokens: usize,
+    backends: &[String],
+) -> Result<BenchReport, RunError> {
+    let bound = synthetic_bound(prog, rows, tokens)?;
+    let n_tok = bound.layout.size(SpaceId::TOK) as f64;
+    let cpu = CpuProgram::compile(prog, false)?;
+    let bytes_per_token = cpu.plan().bytes_per_token;
+    let copy = copy_bandwidth_gb_s();
+    let mut results = Vec::new();
+    for b in backends {
+        let reps = if b == "cpu" { 20 } else { 3 };
+        let secs = match b.as_str() {
+            "cpu" => {
+                let tok32: Vec<Option<Vec<f32>>> = prog
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, inp)| match &inp.kind {
+                        InputKind::Value { space, .. } if *space == SpaceId::TOK => bound.values[k]
+                            .as_ref()
+                            .map(|v| v.iter().map(|&x| x as f32).collect()),
+                        _ => None,
+                    })
+                    .collect();
+                let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
+                let other: Vec<Option<&[f64]>> =
+                    bound.values.iter().map(|v| v.as_deref()).collect();
+                time(reps, || {
+                    cpu.run(&bound.layout, &tok, &other, params, states, None)
+                        .map(|_| ())
+                })?
+            }
+            "interp" => {
+                let mut be = crate::interp::Interpreter::new();
+                time(reps, || {
+                    be.evaluate(prog, &bound, params, states).map(|_| ())
+                })?
+            }
+            "candle" => {
+                let mut be = crate::candle_eager::CandleEager::new();
+                time(reps, || {
+                    be.evaluate(prog, &bound, params, states).map(|_| ())
+                })?
+            }
+            other => {
+                return Err(RunError(format!(
+                    "bench: unknown backend `{other}` (interp, cpu, candle)"
+                )))
+            }
+        };
+        results.push(BenchRow {
+            backend: b.clone(),
+            seconds: secs,
+            tokens_per_s: n_tok / secs,
+            gb_per_s: bytes_per_token * n_tok / secs / 1e9,
+        });
+    }
+    Ok(BenchReport {
+        objective: prog.name.clone(),
+        rows,
+        tokens,
+        bytes_per_token,
+        copy_gb_per_s: copy,
+        peak_rss_mb: peak_rss_mb(),
+        results,
+    })
+}

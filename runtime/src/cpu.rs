@@ -1,0 +1,1253 @@
+//! `--backend cpu`: runs the kernel plan ([`rlobj_ir::schedule`]) with Cranelift-compiled
+//! token loops.
+//!
+//! * Each row-phase [`Section`] with token work becomes one JIT loop (`rlobj_back::clif`)
+//!   over a row's tokens: it streams token inputs, reads per-row values as uniforms,
+//!   writes buffered token values, and accumulates `tok → seq` reductions and the per-row
+//!   partials of `tok → batch/grp` reductions. Rows are split across rayon threads.
+//! * A section's `seq` nodes and every step (row-local or global) run in Rust in `f64` over
+//!   whole spaces: they touch `O(rows)` or `O(segments)` data, never a token loop's worth
+//!   (scans and segment ops over tokens excepted).
+//! * Determinism: every row's loop is independent of how rows are split, and partials are
+//!   combined in row order, so results are bit-identical for any thread count.
+//!
+//! Values are `f32` in the loops (bools as 0.0/1.0) and `f64` elsewhere.
+
+use crate::{Backend, Bound, Evaluation, RunError};
+use rayon::prelude::*;
+use rlobj_back::clif::{Acc, AccKind, Compiled, Jit, LoopSpec, Source};
+use rlobj_ir::schedule::{self, Phase, Plan, Role, Section, Step, StepKind};
+use rlobj_ir::{
+    scalar, Elem, InputId, InputKind, Layout, NodeId, Op, Program, ReduceOp, ScanOp, SegmentOp,
+    SpaceId, SpaceKind, Structural,
+};
+use std::collections::HashMap;
+
+fn rerr(e: impl std::fmt::Display) -> RunError {
+    RunError(e.to_string())
+}
+
+/// What a loop's pointer slot is bound to for a row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PtrBind {
+    /// A token input (dense, `tok` order).
+    Input(InputId),
+    /// A buffered token node (read or written).
+    Buffer(NodeId),
+    TokPos,
+    /// Per-thread row scratch (an argument of a reduction the loop cannot accumulate).
+    Scratch(usize),
+    /// `f32` copy of a row-segment node, gathered through `SegIndex`.
+    SegValues(NodeId),
+    /// `tok → segment` index map of a row-segment space.
+    SegIndex(SpaceId),
+}
+
+/// How one reduction of a section is finished after its loop.
+#[derive(Clone, Debug)]
+struct RedPlan {
+    node: NodeId,
+    op: ReduceOp,
+    empty: f64,
+    count: u32,
+    value: Option<u32>,
+    /// Scratch slots of (arg, mask) for ops that need the row's values.
+    scratch: Option<(usize, Option<usize>)>,
+    partial: bool,
+}
+
+#[derive(Clone, Debug)]
+struct SectionLoop {
+    func: usize,
+    ptrs: Vec<PtrBind>,
+    /// Root nodes whose per-row value fills each uniform slot.
+    unis: Vec<NodeId>,
+    reds: Vec<RedPlan>,
+    n_acc: usize,
+    n_scratch: usize,
+}
+
+/// A program compiled for the CPU: the plan plus one JIT loop per token section.
+pub struct CpuProgram {
+    prog: Program,
+    plan: Plan,
+    code: Compiled,
+    /// `loops[phase][section]`.
+    loops: Vec<Vec<Option<SectionLoop>>>,
+}
+
+/// Follows `Alias` roles (broadcasts, stop-grads) to the node that holds the value.
+fn resolve(plan: &Plan, mut n: NodeId) -> NodeId {
+    while let Role::Alias(a) = plan.roles[n.index()] {
+        n = a;
+    }
+    n
+}
+
+impl CpuProgram {
+    /// Schedules and JIT-compiles `prog` (differentiated and optimised).
+    pub fn compile(prog: &Program, keep_text: bool) -> Result<Self, RunError> {
+        let plan = schedule::schedule(prog).map_err(rerr)?;
+        let mut jit = Jit::new(keep_text).map_err(rerr)?;
+        let mut loops = Vec::new();
+        for (pi, phase) in plan.phases.iter().enumerate() {
+            let mut v = Vec::new();
+            if let Phase::Row(rp) = phase {
+                for (si, sec) in rp.sections.iter().enumerate() {
+                    v.push(build_loop(
+                        prog,
+                        &plan,
+                        sec,
+                        &mut jit,
+                        &format!("p{pi}s{si}"),
+                    )?);
+                }
+            }
+            loops.push(v);
+        }
+        let code = jit.finish().map_err(rerr)?;
+        Ok(CpuProgram {
+            prog: prog.clone(),
+            plan,
+            code,
+            loops,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.prog
+    }
+
+    /// CLIF text of every loop (empty unless compiled with `keep_text`).
+    pub fn clif_text(&self) -> String {
+        self.code.text.join("\n")
+    }
+
+    /// Runs on a batch. `tok` holds `f32` data (dense, `tok` order) of token inputs; every
+    /// other value input comes from `other` in its own space. `pool` picks the threads.
+    pub fn run(
+        &self,
+        layout: &Layout,
+        tok: &[Option<&[f32]>],
+        other: &[Option<&[f64]>],
+        params: &[f64],
+        states: &[f64],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<Evaluation, RunError> {
+        let mut ex = Exec::new(self, layout, tok, other, params, states)?;
+        match pool {
+            Some(p) => p.install(|| ex.run_all())?,
+            None => ex.run_all()?,
+        }
+        ex.finish()
+    }
+}
+
+fn build_loop(
+    prog: &Program,
+    plan: &Plan,
+    sec: &Section,
+    jit: &mut Jit,
+    name: &str,
+) -> Result<Option<SectionLoop>, RunError> {
+    if sec.tok.is_empty() && sec.reduce.is_empty() && sec.partial.is_empty() {
+        return Ok(None);
+    }
+    let mut spec = SpecBuilder {
+        name: name.into(),
+        ..Default::default()
+    };
+    let mut ptrs: Vec<PtrBind> = Vec::new();
+    let mut unis: Vec<NodeId> = Vec::new();
+    let in_loop: Vec<NodeId> = sec.tok.clone();
+    let mut have: HashMap<NodeId, ()> = HashMap::new();
+    let slot = |ptrs: &mut Vec<PtrBind>, b: PtrBind| -> u32 {
+        match ptrs.iter().position(|x| *x == b) {
+            Some(k) => k as u32,
+            None => {
+                ptrs.push(b);
+                (ptrs.len() - 1) as u32
+            }
+        }
+    };
+    // Makes `o` readable in the loop (as itself or through an alias).
+    let need = |o: NodeId,
+                spec: &mut SpecBuilder,
+                ptrs: &mut Vec<PtrBind>,
+                unis: &mut Vec<NodeId>,
+                have: &mut HashMap<NodeId, ()>|
+     -> Result<(), RunError> {
+        let r = resolve(plan, o);
+        if r != o {
+            spec.body_alias(o, r);
+        }
+        if have.contains_key(&r) || in_loop.contains(&r) {
+            return Ok(());
+        }
+        have.insert(r, ());
+        let node = prog.node(r);
+        if let Op::Const(_) = node.op {
+            spec.consts.push(r);
+            return Ok(());
+        }
+        let src = if node.space == SpaceId::TOK {
+            let b = match node.op {
+                Op::Input(i) if plan.buffer[r.index()].is_none() => PtrBind::Input(i),
+                Op::Structural(Structural::TokPosition) if plan.buffer[r.index()].is_none() => {
+                    PtrBind::TokPos
+                }
+                _ => {
+                    if plan.buffer[r.index()].is_none() {
+                        return Err(RunError(format!(
+                            "cpu: tok node %{} is neither buffered nor in the loop",
+                            r.0
+                        )));
+                    }
+                    PtrBind::Buffer(r)
+                }
+            };
+            Source::Stream(slot(ptrs, b))
+        } else if matches!(
+            prog.spaces[node.space.index()].kind,
+            SpaceKind::RowSegments { .. }
+        ) {
+            let values = slot(ptrs, PtrBind::SegValues(r));
+            let index = slot(ptrs, PtrBind::SegIndex(node.space));
+            Source::Gather { values, index }
+        } else {
+            unis.push(r);
+            Source::Uniform((unis.len() - 1) as u32)
+        };
+        spec.sources.push((r, src));
+        Ok(())
+    };
+    for &n in &sec.tok {
+        let node = prog.node(n);
+        match node.op {
+            Op::Input(_)
+            | Op::Structural(_)
+            | Op::Param(_)
+            | Op::State(_)
+            | Op::Broadcast(_)
+            | Op::StopGrad(_) => {
+                // A result that is a leaf or alias: read it like an operand.
+                let inner = match node.op {
+                    Op::Broadcast(a) | Op::StopGrad(a) => a,
+                    _ => n,
+                };
+                if inner != n {
+                    need(inner, &mut spec, &mut ptrs, &mut unis, &mut have)?;
+                    spec.body_alias(n, resolve(plan, inner));
+                } else {
+                    // Leaf result: source itself without buffer lookup.
+                    let r = n;
+                    have.insert(r, ());
+                    let src = match node.op {
+                        Op::Input(i) => Source::Stream(slot(&mut ptrs, PtrBind::Input(i))),
+                        Op::Structural(Structural::TokPosition) => {
+                            Source::Stream(slot(&mut ptrs, PtrBind::TokPos))
+                        }
+                        _ => {
+                            unis.push(r);
+                            Source::Uniform((unis.len() - 1) as u32)
+                        }
+                    };
+                    spec.sources.push((r, src));
+                }
+            }
+            _ => {
+                for o in node.op.operands() {
+                    need(o, &mut spec, &mut ptrs, &mut unis, &mut have)?;
+                }
+                spec.body.push(n);
+            }
+        }
+        if plan.buffer[n.index()].is_some() {
+            let k = slot(&mut ptrs, PtrBind::Buffer(n));
+            spec.sinks.push((n, k));
+        }
+    }
+    let mut reds = Vec::new();
+    let mut n_acc = 0u32;
+    let mut n_scratch = 0usize;
+    for (&n, partial) in sec
+        .reduce
+        .iter()
+        .map(|n| (n, false))
+        .chain(sec.partial.iter().map(|n| (n, true)))
+    {
+        let Op::Reduce {
+            op,
+            arg,
+            mask,
+            empty,
+        } = prog.node(n).op
+        else {
+            return Err(RunError(format!(
+                "cpu: node %{} in a reduce list is not a reduction",
+                n.0
+            )));
+        };
+        need(arg, &mut spec, &mut ptrs, &mut unis, &mut have)?;
+        if let Some(m) = mask {
+            need(m, &mut spec, &mut ptrs, &mut unis, &mut have)?;
+        }
+        let count = n_acc;
+        n_acc += 1;
+        spec.accs.push(Acc {
+            value: arg,
+            mask,
+            kind: AccKind::Count,
+            slot: count,
+        });
+        let kind = match op {
+            ReduceOp::Sum | ReduceOp::Mean => Some(AccKind::Sum),
+            ReduceOp::Max => Some(AccKind::Max),
+            ReduceOp::Min => Some(AccKind::Min),
+            _ => None,
+        };
+        let (value, scratch) = match kind {
+            Some(kind) => {
+                let s = n_acc;
+                n_acc += 1;
+                spec.accs.push(Acc {
+                    value: arg,
+                    mask,
+                    kind,
+                    slot: s,
+                });
+                (Some(s), None)
+            }
+            None if op == ReduceOp::Count => (None, None),
+            None => {
+                let a = n_scratch;
+                n_scratch += 1;
+                let k = slot(&mut ptrs, PtrBind::Scratch(a));
+                spec.sinks.push((arg, k));
+                let m = mask.map(|m| {
+                    let s = n_scratch;
+                    n_scratch += 1;
+                    let k = slot(&mut ptrs, PtrBind::Scratch(s));
+                    spec.sinks.push((m, k));
+                    s
+                });
+                (None, Some((a, m)))
+            }
+        };
+        reds.push(RedPlan {
+            node: n,
+            op,
+            empty,
+            count,
+            value,
+            scratch,
+            partial,
+        });
+    }
+    let mut body = std::mem::take(&mut spec.consts);
+    body.append(&mut spec.body);
+    spec.body = body;
+    let func = jit.add_loop(prog, &spec.finish()).map_err(rerr)?;
+    Ok(Some(SectionLoop {
+        func,
+        ptrs,
+        unis,
+        reds,
+        n_acc: n_acc as usize,
+        n_scratch,
+    }))
+}
+
+/// A `LoopSpec` under construction (consts go first in the body; aliases resolved late).
+#[derive(Default)]
+struct SpecBuilder {
+    name: String,
+    body: Vec<NodeId>,
+    consts: Vec<NodeId>,
+    sources: Vec<(NodeId, Source)>,
+    sinks: Vec<(NodeId, u32)>,
+    accs: Vec<Acc>,
+    alias: Vec<(NodeId, NodeId)>,
+}
+
+impl SpecBuilder {
+    fn body_alias(&mut self, n: NodeId, root: NodeId) {
+        if !self.alias.iter().any(|(a, _)| *a == n) {
+            self.alias.push((n, root));
+        }
+    }
+    fn finish(&self) -> LoopSpec {
+        LoopSpec {
+            name: self.name.clone(),
+            body: self.body.clone(),
+            sources: self.sources.clone(),
+            sinks: self.sinks.clone(),
+            accs: self.accs.clone(),
+            alias: self.alias.clone(),
+        }
+    }
+}
+
+/// A raw base address that may cross threads (rows write disjoint ranges).
+#[derive(Clone, Copy)]
+struct Addr(usize);
+
+/// Per-evaluation state.
+struct Exec<'a> {
+    cp: &'a CpuProgram,
+    layout: &'a Layout,
+    tok: Vec<Option<std::borrow::Cow<'a, [f32]>>>,
+    other: &'a [Option<&'a [f64]>],
+    params: &'a [f64],
+    states: &'a [f64],
+    vals: Vec<Option<Vec<f64>>>,
+    tokbuf: Vec<Option<Vec<f32>>>,
+    partials: HashMap<NodeId, Vec<[f64; 3]>>,
+    maps: HashMap<(SpaceId, SpaceId), std::sync::Arc<Vec<u32>>>,
+}
+
+impl<'a> Exec<'a> {
+    fn new(
+        cp: &'a CpuProgram,
+        layout: &'a Layout,
+        tok: &[Option<&'a [f32]>],
+        other: &'a [Option<&'a [f64]>],
+        params: &'a [f64],
+        states: &'a [f64],
+    ) -> Result<Self, RunError> {
+        let prog = &cp.prog;
+        if layout.sizes.len() != prog.spaces.len() {
+            return Err(RunError(format!(
+                "layout has {} spaces, program `{}` has {}",
+                layout.sizes.len(),
+                prog.name,
+                prog.spaces.len()
+            )));
+        }
+        let n_tok = layout.size(SpaceId::TOK);
+        let mut toks = Vec::with_capacity(prog.inputs.len());
+        for (k, inp) in prog.inputs.iter().enumerate() {
+            let t = match &inp.kind {
+                InputKind::Value { space, default, .. } if *space == SpaceId::TOK => {
+                    match (tok.get(k).copied().flatten(), default) {
+                        (Some(d), _) if d.len() == n_tok => Some(std::borrow::Cow::Borrowed(d)),
+                        (Some(d), _) => {
+                            return Err(RunError(format!(
+                                "tensor `{}`: expected {n_tok} values in its space, found {}",
+                                inp.name,
+                                d.len()
+                            )))
+                        }
+                        (None, Some(d)) => Some(std::borrow::Cow::Owned(vec![*d as f32; n_tok])),
+                        (None, None) => None,
+                    }
+                }
+                _ => None,
+            };
+            toks.push(t);
+        }
+        let mut tokbuf: Vec<Option<Vec<f32>>> = vec![None; prog.nodes.len()];
+        for b in &cp.plan.buffers {
+            if b.space == SpaceId::TOK && b.kind == schedule::BufferKind::Value {
+                tokbuf[b.node.index()] = Some(vec![0f32; n_tok]);
+            }
+        }
+        Ok(Exec {
+            cp,
+            layout,
+            tok: toks,
+            other,
+            params,
+            states,
+            vals: vec![None; prog.nodes.len()],
+            tokbuf,
+            partials: HashMap::new(),
+            maps: HashMap::new(),
+        })
+    }
+
+    fn prog(&self) -> &'a Program {
+        &self.cp.prog
+    }
+
+    fn map(
+        &mut self,
+        fine: SpaceId,
+        coarse: SpaceId,
+    ) -> Result<std::sync::Arc<Vec<u32>>, RunError> {
+        if let Some(m) = self.maps.get(&(fine, coarse)) {
+            return Ok(m.clone());
+        }
+        let m = if coarse == SpaceId::BATCH {
+            vec![0; self.layout.size(fine)]
+        } else {
+            self.layout.map(self.prog(), fine, coarse).ok_or_else(|| {
+                RunError(format!(
+                    "space `{}` is not laid out within `{}`",
+                    self.prog().spaces[fine.index()].name,
+                    self.prog().spaces[coarse.index()].name
+                ))
+            })?
+        };
+        let n_coarse = self.layout.size(coarse);
+        if m.iter().any(|&i| i as usize >= n_coarse) {
+            return Err(RunError("layout map out of range".into()));
+        }
+        let m = std::sync::Arc::new(m);
+        self.maps.insert((fine, coarse), m.clone());
+        Ok(m)
+    }
+
+    fn buckets(&mut self, fine: SpaceId, coarse: SpaceId) -> Result<Vec<Vec<usize>>, RunError> {
+        let m = self.map(fine, coarse)?;
+        let mut b = vec![Vec::new(); self.layout.size(coarse)];
+        for (i, &c) in m.iter().enumerate() {
+            b[c as usize].push(i);
+        }
+        Ok(b)
+    }
+
+    /// The values of `n` over its whole space, in `f64`.
+    fn full(&mut self, n: NodeId) -> Result<Vec<f64>, RunError> {
+        if let Some(v) = &self.vals[n.index()] {
+            return Ok(v.clone());
+        }
+        if let Some(v) = &self.tokbuf[n.index()] {
+            if self.cp.plan.buffer[n.index()].is_some() {
+                return Ok(v.iter().map(|&x| f64::from(x)).collect());
+            }
+        }
+        let prog = self.prog();
+        let node = prog.node(n);
+        let size = self.layout.size(node.space);
+        Ok(match &node.op {
+            Op::Const(c) => vec![*c; size],
+            Op::Param(p) => vec![
+                self.params.get(p.index()).copied().ok_or_else(|| RunError(
+                    format!("param `{}`: no value given", prog.params[p.index()].name)
+                ))?;
+                size
+            ],
+            Op::State(s) => vec![
+                self.states.get(s.index()).copied().ok_or_else(|| RunError(
+                    format!("state `{}`: no value given", prog.states[s.index()].name)
+                ))?;
+                size
+            ],
+            Op::Structural(Structural::TokPosition) => {
+                self.layout.tok_pos.iter().map(|&t| f64::from(t)).collect()
+            }
+            Op::Structural(Structural::RowIndex) => (0..size).map(|r| r as f64).collect(),
+            Op::Structural(Structural::Width) => vec![self.layout.width as f64; size],
+            Op::Input(i) => {
+                let inp = &prog.inputs[i.index()];
+                let InputKind::Value { elem, default, .. } = &inp.kind else {
+                    return Err(RunError(format!(
+                        "input `{}`: ids are not values",
+                        inp.name
+                    )));
+                };
+                let raw: Vec<f64> = if node.space == SpaceId::TOK {
+                    match &self.tok[i.index()] {
+                        Some(d) => d.iter().map(|&x| f64::from(x)).collect(),
+                        None => {
+                            return Err(RunError(format!(
+                                "tensor `{}`: missing from the batch",
+                                inp.name
+                            )))
+                        }
+                    }
+                } else {
+                    match (self.other.get(i.index()).copied().flatten(), default) {
+                        (Some(d), _) if d.len() == size => d.to_vec(),
+                        (Some(d), _) => {
+                            return Err(RunError(format!(
+                                "tensor `{}`: expected {size} values in its space, found {}",
+                                inp.name,
+                                d.len()
+                            )))
+                        }
+                        (None, Some(d)) => vec![*d; size],
+                        (None, None) => {
+                            return Err(RunError(format!(
+                                "tensor `{}`: missing from the batch",
+                                inp.name
+                            )))
+                        }
+                    }
+                };
+                match elem {
+                    Elem::Bool => raw
+                        .iter()
+                        .map(|&x| scalar::from_bool(scalar::to_bool(x)))
+                        .collect(),
+                    Elem::F32 => raw,
+                }
+            }
+            Op::Broadcast(a) => {
+                let m = self.map(node.space, prog.node(*a).space)?;
+                let src = self.full(*a)?;
+                m.iter().map(|&j| src[j as usize]).collect()
+            }
+            Op::StopGrad(a) => self.full(*a)?,
+            Op::Reduce {
+                op: ReduceOp::Count,
+                mask: None,
+                arg,
+                empty,
+            } => {
+                let b = self.buckets(prog.node(*arg).space, node.space)?;
+                b.iter()
+                    .map(|v| if v.is_empty() { *empty } else { v.len() as f64 })
+                    .collect()
+            }
+            Op::Unary(..) | Op::Binary(..) | Op::Select(..) | Op::Clamp(..) => self.map_full(n)?,
+            _ => {
+                return Err(RunError(format!(
+                    "cpu: node %{} read before it was computed",
+                    n.0
+                )))
+            }
+        })
+    }
+
+    /// An elementwise node over its whole space.
+    fn map_full(&mut self, n: NodeId) -> Result<Vec<f64>, RunError> {
+        let node = self.prog().node(n);
+        Ok(match &node.op {
+            Op::Unary(op, a) => self
+                .full(*a)?
+                .into_iter()
+                .map(|x| scalar::unary(*op, x))
+                .collect(),
+            Op::Binary(op, a, b) => {
+                let (a, b) = (self.full(*a)?, self.full(*b)?);
+                a.iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| scalar::binary(*op, x, y))
+                    .collect()
+            }
+            Op::Select(c, a, b) => {
+                let (c, a, b) = (self.full(*c)?, self.full(*a)?, self.full(*b)?);
+                (0..c.len())
+                    .map(|i| scalar::select(c[i], a[i], b[i]))
+                    .collect()
+            }
+            Op::Clamp(x, lo, hi) => {
+                let (x, lo, hi) = (self.full(*x)?, self.full(*lo)?, self.full(*hi)?);
+                (0..x.len())
+                    .map(|i| scalar::clamp(x[i], lo[i], hi[i]))
+                    .collect()
+            }
+            // Leaves and aliases that are results.
+            _ => self.full_leaf(n)?,
+        })
+    }
+
+    fn full_leaf(&mut self, n: NodeId) -> Result<Vec<f64>, RunError> {
+        // `full` without the stored-value shortcut (used for result leaves).
+        let saved = self.tokbuf[n.index()].take();
+        let r = self.full(n);
+        self.tokbuf[n.index()] = saved;
+        r
+    }
+
+    fn store(&mut self, n: NodeId, v: Vec<f64>) {
+        if self.prog().node(n).space == SpaceId::TOK {
+            self.tokbuf[n.index()] = Some(v.iter().map(|&x| x as f32).collect());
+        } else {
+            self.vals[n.index()] = Some(v);
+        }
+    }
+
+    fn run_all(&mut self) -> Result<(), RunError> {
+        let plan = &self.cp.plan;
+        for (pi, phase) in plan.phases.iter().enumerate() {
+            match phase {
+                Phase::Global(gp) => {
+                    for st in &gp.steps {
+                        self.step(*st)?;
+                    }
+                }
+                Phase::Row(rp) => {
+                    for (si, sec) in rp.sections.iter().enumerate() {
+                        for &n in &sec.seq {
+                            let v = self.map_full(n)?;
+                            self.store(n, v);
+                        }
+                        if let Some(lp) = &self.cp.loops[pi][si] {
+                            self.run_loop(lp)?;
+                        }
+                        for st in &sec.steps {
+                            self.step(*st)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One section's JIT loop over every row, rows in parallel.
+    fn run_loop(&mut self, lp: &SectionLoop) -> Result<(), RunError> {
+        let layout = self.layout;
+        let rows = layout.rows;
+        let mut unis: Vec<(Vec<f64>, std::sync::Arc<Vec<u32>>)> = Vec::new();
+        for &u in &lp.unis {
+            let sp = self.prog().node(u).space;
+            let vals = self.full(u)?;
+            let m = self.map(SpaceId::SEQ, sp)?;
+            unis.push((vals, m));
+        }
+        // Per-row uniform table, row-major (so threads only read).
+        let nu = lp.unis.len();
+        let mut uni_rows = vec![0f32; rows * nu.max(1)];
+        for (k, (vals, m)) in unis.iter().enumerate() {
+            for r in 0..rows {
+                uni_rows[r * nu.max(1) + k] = vals[m[r] as usize] as f32;
+            }
+        }
+        let mut keep_f32: Vec<Vec<f32>> = Vec::new();
+        let mut keep_u32: Vec<std::sync::Arc<Vec<u32>>> = Vec::new();
+        let mut bases: Vec<(Addr, bool)> = Vec::new(); // (base, offset by row start)
+        for b in &lp.ptrs {
+            let e = match *b {
+                PtrBind::Input(i) => match &self.tok[i.index()] {
+                    Some(d) => (Addr(d.as_ptr() as usize), true),
+                    None => {
+                        return Err(RunError(format!(
+                            "tensor `{}`: missing from the batch",
+                            self.prog().inputs[i.index()].name
+                        )))
+                    }
+                },
+                PtrBind::Buffer(n) => match &mut self.tokbuf[n.index()] {
+                    Some(v) => (Addr(v.as_mut_ptr() as usize), true),
+                    None => return Err(RunError(format!("cpu: buffer of %{} missing", n.0))),
+                },
+                PtrBind::TokPos => {
+                    keep_f32.push(layout.tok_pos.iter().map(|&t| t as f32).collect());
+                    (Addr(keep_f32[keep_f32.len() - 1].as_ptr() as usize), true)
+                }
+                PtrBind::Scratch(_) => (Addr(0), false),
+                PtrBind::SegValues(n) => {
+                    keep_f32.push(self.full(n)?.iter().map(|&x| x as f32).collect());
+                    (Addr(keep_f32[keep_f32.len() - 1].as_ptr() as usize), false)
+                }
+                PtrBind::SegIndex(s) => {
+                    let m = self.map(SpaceId::TOK, s)?;
+                    let a = Addr(m.as_ptr() as usize);
+                    keep_u32.push(m);
+                    (a, true)
+                }
+            };
+            bases.push(e);
+        }
+        let max_len = (0..rows)
+            .map(|r| layout.row_start[r + 1] - layout.row_start[r])
+            .max()
+            .unwrap_or(0);
+        let f = self.cp.code.fns[lp.func];
+        let reds = &lp.reds;
+        let ptr_binds = &lp.ptrs;
+        let n_acc = lp.n_acc.max(1);
+        let n_scr = lp.n_scratch;
+        let uni_rows = &uni_rows;
+        let bases = &bases;
+        let row_start = &layout.row_start;
+        let out: Vec<Vec<[f64; 3]>> = (0..rows)
+            .into_par_iter()
+            .with_min_len(4)
+            .map_init(
+                || {
+                    (
+                        vec![vec![0f32; max_len.max(1)]; n_scr],
+                        vec![0usize; ptr_binds.len()],
+                        vec![0f32; n_acc],
+                    )
+                },
+                |(scratch, ptrs, acc), r| {
+                    let (s, e) = (row_start[r], row_start[r + 1]);
+                    for (k, b) in ptr_binds.iter().enumerate() {
+                        ptrs[k] = match *b {
+                            PtrBind::Scratch(j) => scratch[j].as_mut_ptr() as usize,
+                            _ => {
+                                let (Addr(a), off) = bases[k];
+                                if off {
+                                    a + 4 * s
+                                } else {
+                                    a
+                                }
+                            }
+                        };
+                    }
+                    acc.iter_mut().for_each(|a| *a = 0.0);
+                    let uni = &uni_rows[r * nu.max(1)..];
+                    // SAFETY: every pointer slot addresses at least `e - s` elements from this
+                    // row's start (streams, buffers, scratch of `max_len`), gathers index
+                    // within their segment arrays, and rows write disjoint buffer ranges.
+                    unsafe {
+                        f(
+                            (e - s) as i64,
+                            ptrs.as_ptr() as *const *mut u8,
+                            uni.as_ptr(),
+                            acc.as_mut_ptr(),
+                        )
+                    };
+                    reds.iter()
+                        .map(|rp| finish_row(rp, acc, scratch, e - s))
+                        .collect()
+                },
+            )
+            .collect();
+        for (k, rp) in lp.reds.iter().enumerate() {
+            if rp.partial {
+                self.partials
+                    .insert(rp.node, out.iter().map(|o| o[k]).collect());
+            } else {
+                self.vals[rp.node.index()] = Some(out.iter().map(|o| o[k][0]).collect());
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, st: Step) -> Result<(), RunError> {
+        let n = st.node;
+        let v = match st.kind {
+            StepKind::Map => self.map_full(n)?,
+            StepKind::Combine => self.combine(n)?,
+            _ => self.structured(n)?,
+        };
+        self.store(n, v);
+        Ok(())
+    }
+
+    /// Finishes a `tok → batch/grp` reduction from per-row partials, rows in order.
+    fn combine(&mut self, n: NodeId) -> Result<Vec<f64>, RunError> {
+        let node = self.prog().node(n);
+        let Op::Reduce { op, empty, .. } = node.op else {
+            return Err(RunError(format!("cpu: combine of non-reduction %{}", n.0)));
+        };
+        let parts = self
+            .partials
+            .remove(&n)
+            .ok_or_else(|| RunError(format!("cpu: partials of %{} missing", n.0)))?;
+        let m = self.map(SpaceId::SEQ, node.space)?;
+        let size = self.layout.size(node.space);
+        let mut acc = vec![[0f64; 3]; size];
+        let mut seen = vec![false; size];
+        for (r, p) in parts.iter().enumerate() {
+            let c = m[r] as usize;
+            if p[0] == 0.0 {
+                continue;
+            }
+            if !seen[c] {
+                acc[c] = *p;
+                seen[c] = true;
+            } else {
+                acc[c] = combine2(op, acc[c], *p);
+            }
+        }
+        Ok(acc.iter().map(|a| finish_acc(op, *a, empty)).collect())
+    }
+
+    /// Reductions over non-token members, segment ops, quantiles, scans and shifts (f64).
+    fn structured(&mut self, id: NodeId) -> Result<Vec<f64>, RunError> {
+        let prog = self.prog();
+        let node = prog.node(id);
+        let n = self.layout.size(node.space);
+        let mask_of = |me: &mut Self, m: Option<NodeId>| -> Result<Option<Vec<f64>>, RunError> {
+            m.map(|m| me.full(m)).transpose()
+        };
+        let on =
+            |mask: &Option<Vec<f64>>, i: usize| mask.as_ref().is_none_or(|m| scalar::to_bool(m[i]));
+        Ok(match &node.op {
+            Op::Reduce {
+                op,
+                arg,
+                mask,
+                empty,
+            } => {
+                let b = self.buckets(prog.node(*arg).space, node.space)?;
+                let x = self.full(*arg)?;
+                let mk = mask_of(self, *mask)?;
+                b.iter()
+                    .map(|b| {
+                        let seg: Vec<f64> =
+                            b.iter().filter(|&&i| on(&mk, i)).map(|&i| x[i]).collect();
+                        scalar::reduce(*op, &seg, *empty)
+                    })
+                    .collect()
+            }
+            Op::Quantile {
+                arg,
+                mask,
+                q,
+                empty,
+            } => {
+                let b = self.buckets(prog.node(*arg).space, node.space)?;
+                let x = self.full(*arg)?;
+                let qs = self.full(*q)?;
+                let mk = mask_of(self, *mask)?;
+                b.iter()
+                    .enumerate()
+                    .map(|(c, b)| {
+                        let seg: Vec<f64> =
+                            b.iter().filter(|&&i| on(&mk, i)).map(|&i| x[i]).collect();
+                        scalar::quantile(&seg, qs[c], *empty)
+                    })
+                    .collect()
+            }
+            Op::Segment {
+                op,
+                arg,
+                mask,
+                within,
+                k,
+            } => {
+                let b = self.buckets(node.space, *within)?;
+                let x = self.full(*arg)?;
+                let mk = mask_of(self, *mask)?;
+                let ks = k.map(|k| self.full(k)).transpose()?;
+                let mut y = vec![0.0; n];
+                for (c, b) in b.iter().enumerate() {
+                    let (onv, off): (Vec<usize>, Vec<usize>) = b.iter().partition(|&&i| on(&mk, i));
+                    let seg: Vec<f64> = onv.iter().map(|&i| x[i]).collect();
+                    let vals: Vec<f64> = match op {
+                        SegmentOp::Softmax => scalar::softmax(&seg),
+                        SegmentOp::LogSoftmax => scalar::log_softmax(&seg),
+                        SegmentOp::Rank => {
+                            for (j, &i) in off.iter().enumerate() {
+                                y[i] = (onv.len() + j) as f64;
+                            }
+                            scalar::rank(&seg)
+                        }
+                        SegmentOp::TopK => {
+                            let kk = ks.as_ref().map(|k| k[c]).unwrap_or(0.0);
+                            scalar::topk(&seg, kk)
+                                .into_iter()
+                                .map(scalar::from_bool)
+                                .collect()
+                        }
+                    };
+                    for (&i, v) in onv.iter().zip(vals) {
+                        y[i] = v;
+                    }
+                }
+                y
+            }
+            Op::Scan {
+                op,
+                arg,
+                coef,
+                within,
+            } => {
+                let runs = self.runs(*within)?;
+                let x = self.full(*arg)?;
+                let c = coef.map(|c| self.full(c)).transpose()?;
+                let mut y = vec![0.0; n];
+                for r in runs {
+                    scan_run(
+                        *op,
+                        &x[r.clone()],
+                        c.as_ref().map(|c| &c[r.clone()]),
+                        &mut y[r],
+                    );
+                }
+                y
+            }
+            Op::Shift {
+                arg,
+                offset,
+                fill,
+                within,
+            } => {
+                let runs = self.runs(*within)?;
+                let x = self.full(*arg)?;
+                let mut y = vec![*fill; n];
+                for r in runs {
+                    for t in r.clone() {
+                        let s = t as i64 + i64::from(*offset);
+                        if s >= r.start as i64 && s < r.end as i64 {
+                            y[t] = x[s as usize];
+                        }
+                    }
+                }
+                y
+            }
+            _ => self.map_full(id)?,
+        })
+    }
+
+    fn runs(&mut self, within: SpaceId) -> Result<Vec<std::ops::Range<usize>>, RunError> {
+        if !self.layout.contiguous(self.prog(), within) {
+            return Err(RunError(format!(
+                "scan/shift within `{}`: its segments are not contiguous in token order",
+                self.prog().spaces[within.index()].name
+            )));
+        }
+        let m = self.map(SpaceId::TOK, within)?;
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=m.len() {
+            if i == m.len() || m[i] != m[start] {
+                runs.push(start..i);
+                start = i;
+            }
+        }
+        Ok(runs)
+    }
+
+    fn finish(mut self) -> Result<Evaluation, RunError> {
+        let prog = self.prog();
+        let mut out = Evaluation::default();
+        let scalar_of = |me: &mut Self, n: NodeId| -> Result<f64, RunError> {
+            Ok(me.full(n)?.first().copied().unwrap_or(f64::NAN))
+        };
+        out.loss = match prog.loss {
+            Some(l) => Some(scalar_of(&mut self, l)?),
+            None => None,
+        };
+        for (name, n) in &prog.metrics {
+            let v = scalar_of(&mut self, *n)?;
+            out.metrics.push((name.clone(), v));
+        }
+        for (name, n) in &prog.outputs {
+            let v = self.full(*n)?;
+            out.outputs.push((name.clone(), prog.node(*n).space, v));
+        }
+        for (i, n) in &prog.grads {
+            let v = self.full(*n)?;
+            out.grads.push((*i, v));
+        }
+        for (k, st) in prog.states.iter().enumerate() {
+            let updated = prog.updates.iter().rev().find(|(s, _)| s.index() == k);
+            let v = match updated {
+                Some((_, n)) => scalar_of(&mut self, *n)?,
+                None => self.states.get(k).copied().unwrap_or(st.init),
+            };
+            out.states.push((st.name.clone(), v));
+        }
+        Ok(out)
+    }
+}
+
+/// A row's result of one reduction: the value, or the partial `(n, a, b)`.
+fn finish_row(rp: &RedPlan, acc: &[f32], scratch: &[Vec<f32>], len: usize) -> [f64; 3] {
+    let n = f64::from(acc[rp.count as usize]);
+    let a = rp.value.map(|s| f64::from(acc[s as usize])).unwrap_or(0.0);
+    let p = match rp.scratch {
+        Some((xs, ms)) => {
+            let x = &scratch[xs][..len];
+            let vals: Vec<f64> = match ms {
+                Some(ms) => x
+                    .iter()
+                    .zip(&scratch[ms][..len])
+                    .filter(|(_, &m)| m != 0.0)
+                    .map(|(&v, _)| f64::from(v))
+                    .collect(),
+                None => x.iter().map(|&v| f64::from(v)).collect(),
+            };
+            stats(rp.op, &vals)
+        }
+        None => [n, a, 0.0],
+    };
+    if rp.partial {
+        p
+    } else {
+        [finish_acc(rp.op, p, rp.empty), 0.0, 0.0]
+    }
+}
+
+/// `(n, mean, M2)` for Var/Std, `(n, max, Σexp(x - max))` for LogSumExp.
+fn stats(op: ReduceOp, xs: &[f64]) -> [f64; 3] {
+    let n = xs.len() as f64;
+    match op {
+        ReduceOp::LogSumExp => {
+            let m = xs.iter().copied().fold(f64::NEG_INFINITY, scalar::max);
+            let s = if m.is_finite() {
+                xs.iter().map(|&x| (x - m).exp()).sum()
+            } else {
+                1.0
+            };
+            [n, m, s]
+        }
+        _ => {
+            if xs.is_empty() {
+                return [0.0; 3];
+            }
+            let mean = xs.iter().sum::<f64>() / n;
+            let m2 = xs.iter().map(|&x| (x - mean) * (x - mean)).sum();
+            [n, mean, m2]
+        }
+    }
+}
+
+/// Combines two non-empty accumulators (Chan's formula for Var/Std).
+fn combine2(op: ReduceOp, x: [f64; 3], y: [f64; 3]) -> [f64; 3] {
+    let n = x[0] + y[0];
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Count => [n, x[1] + y[1], 0.0],
+        ReduceOp::Max => [n, scalar::max(x[1], y[1]), 0.0],
+        ReduceOp::Min => [n, scalar::min(x[1], y[1]), 0.0],
+        ReduceOp::Var { .. } | ReduceOp::Std { .. } => {
+            let d = y[1] - x[1];
+            [
+                n,
+                x[1] + d * y[0] / n,
+                x[2] + y[2] + d * d * x[0] * y[0] / n,
+            ]
+        }
+        ReduceOp::LogSumExp => {
+            let m = scalar::max(x[1], y[1]);
+            if !m.is_finite() {
+                return [n, m, 1.0];
+            }
+            [n, m, x[2] * (x[1] - m).exp() + y[2] * (y[1] - m).exp()]
+        }
+    }
+}
+
+/// The reduction's value from its accumulator.
+fn finish_acc(op: ReduceOp, a: [f64; 3], empty: f64) -> f64 {
+    let n = a[0];
+    if n == 0.0 {
+        return empty;
+    }
+    match op {
+        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => a[1],
+        ReduceOp::Mean => a[1] / n,
+        ReduceOp::Count => n,
+        ReduceOp::Var { ddof } | ReduceOp::Std { ddof } => {
+            if n <= f64::from(ddof) {
+                return empty;
+            }
+            let v = a[2] / (n - f64::from(ddof));
+            if matches!(op, ReduceOp::Std { .. }) {
+                v.sqrt()
+            } else {
+                v
+            }
+        }
+        ReduceOp::LogSumExp => {
+            if !a[1].is_finite() {
+                a[1]
+            } else {
+                a[1] + a[2].ln()
+            }
+        }
+    }
+}
+
+/// One scan over one segment's tokens, in token order (as the interpreter).
+fn scan_run(op: ScanOp, x: &[f64], c: Option<&[f64]>, y: &mut [f64]) {
+    let n = x.len();
+    let coef = |t: usize| c.map(|c| c[t]).unwrap_or(0.0);
+    let fwd: Vec<usize> = (0..n).collect();
+    let rev: Vec<usize> = (0..n).rev().collect();
+    let (order, init): (&[usize], f64) = match op {
+        ScanOp::Cumsum | ScanOp::ScanFwd => (&fwd, 0.0),
+        ScanOp::CumsumRev | ScanOp::ScanRev => (&rev, 0.0),
+        ScanOp::CumMin => (&fwd, f64::INFINITY),
+        ScanOp::CumMax => (&fwd, f64::NEG_INFINITY),
+        ScanOp::CumMinRev => (&rev, f64::INFINITY),
+        ScanOp::CumMaxRev => (&rev, f64::NEG_INFINITY),
+    };
+    let mut acc = init;
+    for &t in order {
+        acc = match op {
+            ScanOp::Cumsum | ScanOp::CumsumRev => acc + x[t],
+            ScanOp::ScanFwd | ScanOp::ScanRev => x[t] + coef(t) * acc,
+            ScanOp::CumMin | ScanOp::CumMinRev => scalar::min(acc, x[t]),
+            ScanOp::CumMax | ScanOp::CumMaxRev => scalar::max(acc, x[t]),
+        };
+        y[t] = acc;
+    }
+}
+
+/// The `cpu` backend: compiles on first use (cached per program) and runs on a thread pool.
+pub struct CpuBackend {
+    cache: Option<(Program, CpuProgram)>,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// Uses rayon's global pool.
+    pub fn new() -> Self {
+        CpuBackend {
+            cache: None,
+            pool: None,
+        }
+    }
+
+    /// Uses a private pool of `threads` threads.
+    pub fn with_threads(threads: usize) -> Result<Self, RunError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(rerr)?;
+        Ok(CpuBackend {
+            cache: None,
+            pool: Some(pool),
+        })
+    }
+
+    /// The compiled form of `prog`, compiling it when it changed.
+    pub fn compiled(&mut self, prog: &Program) -> Result<&CpuProgram, RunError> {
+        let stale = !matches!(&self.cache, Some((p, _)) if p == prog);
+        if stale {
+            let c = CpuProgram::compile(prog, false)?;
+            self.cache = Some((prog.clone(), c));
+        }
+        match &self.cache {
+            Some((_, c)) => Ok(c),
+            None => Err(RunError("cpu: compile cache empty".into())),
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn evaluate(
+        &mut self,
+        prog: &Program,
+        bound: &Bound,
+        params: &[f64],
+        states: &[f64],
+    ) -> Result<Evaluation, RunError> {
+        self.compiled(prog)?;
+        let tok32: Vec<Option<Vec<f32>>> = prog
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(k, inp)| match &inp.kind {
+                InputKind::Value { space, .. } if *space == SpaceId::TOK => bound
+                    .values
+                    .get(k)
+                    .and_then(|v| v.as_ref())
+                    .map(|v| v.iter().map(|&x| x as f32).collect()),
+                _ => None,
+            })
+            .collect();
+        let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
+        let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
+        let (cache, pool) = (&self.cache, self.pool.as_ref());
+        match cache {
+            Some((_, c)) => c.run(&bound.layout, &tok, &other, params, states, pool),
+            None => Err(RunError("cpu: compile cache empty".into())),
+        }
+    }
+}
