@@ -18,10 +18,13 @@ use rayon::prelude::*;
 use rlobj_back::clif::{Acc, AccKind, Compiled, Jit, LoopSpec, Source};
 use rlobj_ir::schedule::{self, Phase, Plan, Role, Section, Step, StepKind};
 use rlobj_ir::{
-    scalar, Elem, InputId, InputKind, Layout, NodeId, Op, Program, ReduceOp, ScanOp, SegmentOp,
-    SpaceId, SpaceKind, Structural,
+    scalar, Elem, InputId, InputKind, Layout, NodeId, Op, Program, ReduceOp, SegmentOp, SpaceId,
+    SpaceKind, Structural,
 };
 use std::collections::HashMap;
+
+mod reduce;
+use reduce::{combine2, finish_acc, finish_row, scan_run};
 
 fn rerr(e: impl std::fmt::Display) -> RunError {
     RunError(e.to_string())
@@ -74,6 +77,74 @@ pub struct CpuProgram {
     code: Compiled,
     /// `loops[phase][section]`.
     loops: Vec<Vec<Option<SectionLoop>>>,
+    /// Token nodes the CPU materialises (results and operands of steps); every other token
+    /// value the plan buffers between loops is recomputed from its operands where it is read.
+    keep: Vec<bool>,
+    /// Token buffers kept between runs (so a run neither allocates nor page-faults them).
+    pool: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+/// A run's results with `f32` gradients that reuse memory across runs (see
+/// [`CpuProgram::run_into`]).
+#[derive(Debug, Default)]
+pub struct CpuResults {
+    /// Loss, metrics, outputs and states; `eval.grads` holds only non-token gradients.
+    pub eval: Evaluation,
+    /// Gradients of token inputs, dense in `tok` order.
+    pub tok_grads: Vec<(InputId, Vec<f32>)>,
+}
+
+/// Whether a node is an elementwise op a loop can recompute.
+fn elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(..) | Op::Binary(..) | Op::Select(..) | Op::Clamp(..) | Op::Const(_)
+    )
+}
+
+/// Which token nodes the CPU stores: results, step outputs and operands of steps or global
+/// phases. Elementwise token values only read by later token loops are recomputed there.
+fn kept_tok_nodes(prog: &Program, plan: &Plan) -> Vec<bool> {
+    let nn = prog.nodes.len();
+    let mut keep = vec![false; nn];
+    for n in schedule::result_nodes(prog) {
+        keep[n.index()] = true;
+    }
+    let mut in_loop = vec![false; nn];
+    for phase in &plan.phases {
+        if let Phase::Row(rp) = phase {
+            for sec in &rp.sections {
+                for &n in sec.tok.iter().chain(&sec.reduce).chain(&sec.partial) {
+                    in_loop[n.index()] = true;
+                }
+            }
+        }
+    }
+    for (i, node) in prog.nodes.iter().enumerate() {
+        let live = !matches!(plan.roles[i], Role::Leaf) || keep[i];
+        if !live {
+            continue;
+        }
+        if node.space == SpaceId::TOK && !elementwise(&node.op) && !in_loop[i] {
+            // A step's own output (scan, shift, segment op) is always stored.
+            keep[i] = matches!(plan.roles[i], Role::Computed { .. });
+        }
+        // Operands of non-loop consumers (steps, global phases) are stored.
+        let consumer_in_loop = in_loop[i];
+        if !consumer_in_loop && matches!(plan.roles[i], Role::Computed { .. }) {
+            for o in node.op.operands() {
+                let r = resolve(plan, o);
+                if prog.node(r).space == SpaceId::TOK {
+                    keep[r.index()] = true;
+                }
+            }
+        }
+    }
+    // Only what the plan materialises can be kept (leaves are read in place).
+    for (i, k) in keep.iter_mut().enumerate() {
+        *k = *k && plan.buffer[i].is_some() && prog.nodes[i].space == SpaceId::TOK;
+    }
+    keep
 }
 
 /// Follows `Alias` roles (broadcasts, stop-grads) to the node that holds the value.
@@ -88,6 +159,12 @@ impl CpuProgram {
     /// Schedules and JIT-compiles `prog` (differentiated and optimised).
     pub fn compile(prog: &Program, keep_text: bool) -> Result<Self, RunError> {
         let plan = schedule::schedule(prog).map_err(rerr)?;
+        Self::with_plan(prog, plan, keep_text)
+    }
+
+    /// JIT-compiles the token loops of an already scheduled `plan` of `prog`.
+    pub fn with_plan(prog: &Program, plan: Plan, keep_text: bool) -> Result<Self, RunError> {
+        let keep = kept_tok_nodes(prog, &plan);
         let mut jit = Jit::new(keep_text).map_err(rerr)?;
         let mut loops = Vec::new();
         for (pi, phase) in plan.phases.iter().enumerate() {
@@ -97,6 +174,7 @@ impl CpuProgram {
                     v.push(build_loop(
                         prog,
                         &plan,
+                        &keep,
                         sec,
                         &mut jit,
                         &format!("p{pi}s{si}"),
@@ -111,7 +189,32 @@ impl CpuProgram {
             plan,
             code,
             loops,
+            keep,
+            pool: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Token bytes the JIT loops actually stream per valid token (inputs read and buffers
+    /// read or written, 4 bytes each per loop; recomputed values cost nothing). Steps over
+    /// token buffers (scans, segment ops) are not counted.
+    pub fn loop_bytes_per_token(&self) -> f64 {
+        self.loops
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|lp| {
+                lp.ptrs
+                    .iter()
+                    .filter(|b| !matches!(b, PtrBind::Scratch(_) | PtrBind::SegValues(_)))
+                    .count() as f64
+                    * 4.0
+            })
+            .sum()
+    }
+
+    /// Number of JIT token loops a run executes.
+    pub fn loop_count(&self) -> usize {
+        self.loops.iter().flatten().flatten().count()
     }
 
     pub fn plan(&self) -> &Plan {
@@ -143,13 +246,45 @@ impl CpuProgram {
             Some(p) => p.install(|| ex.run_all())?,
             None => ex.run_all()?,
         }
-        ex.finish()
+        let out = ex.finish(None);
+        ex.recycle();
+        out
+    }
+
+    /// Like [`CpuProgram::run`], but token gradients stay `f32` and are swapped into
+    /// `out.tok_grads` (whose previous vectors are recycled for the next run), so a
+    /// steady-state training loop allocates no token-sized memory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_into(
+        &self,
+        layout: &Layout,
+        tok: &[Option<&[f32]>],
+        other: &[Option<&[f64]>],
+        params: &[f64],
+        states: &[f64],
+        pool: Option<&rayon::ThreadPool>,
+        out: &mut CpuResults,
+    ) -> Result<(), RunError> {
+        // The caller's gradient vectors become this run's buffers (no second copy).
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.extend(out.tok_grads.iter_mut().map(|(_, v)| std::mem::take(v)));
+        }
+        let mut ex = Exec::new(self, layout, tok, other, params, states)?;
+        match pool {
+            Some(p) => p.install(|| ex.run_all())?,
+            None => ex.run_all()?,
+        }
+        let r = ex.finish(Some(&mut out.tok_grads));
+        ex.recycle();
+        out.eval = r?;
+        Ok(())
     }
 }
 
 fn build_loop(
     prog: &Program,
     plan: &Plan,
+    keep: &[bool],
     sec: &Section,
     jit: &mut Jit,
     name: &str,
@@ -174,57 +309,18 @@ fn build_loop(
             }
         }
     };
-    // Makes `o` readable in the loop (as itself or through an alias).
-    let need = |o: NodeId,
-                spec: &mut SpecBuilder,
-                ptrs: &mut Vec<PtrBind>,
-                unis: &mut Vec<NodeId>,
-                have: &mut HashMap<NodeId, ()>|
-     -> Result<(), RunError> {
-        let r = resolve(plan, o);
-        if r != o {
-            spec.body_alias(o, r);
-        }
-        if have.contains_key(&r) || in_loop.contains(&r) {
-            return Ok(());
-        }
-        have.insert(r, ());
-        let node = prog.node(r);
-        if let Op::Const(_) = node.op {
-            spec.consts.push(r);
-            return Ok(());
-        }
-        let src = if node.space == SpaceId::TOK {
-            let b = match node.op {
-                Op::Input(i) if plan.buffer[r.index()].is_none() => PtrBind::Input(i),
-                Op::Structural(Structural::TokPosition) if plan.buffer[r.index()].is_none() => {
-                    PtrBind::TokPos
-                }
-                _ => {
-                    if plan.buffer[r.index()].is_none() {
-                        return Err(RunError(format!(
-                            "cpu: tok node %{} is neither buffered nor in the loop",
-                            r.0
-                        )));
-                    }
-                    PtrBind::Buffer(r)
-                }
-            };
-            Source::Stream(slot(ptrs, b))
-        } else if matches!(
-            prog.spaces[node.space.index()].kind,
-            SpaceKind::RowSegments { .. }
-        ) {
-            let values = slot(ptrs, PtrBind::SegValues(r));
-            let index = slot(ptrs, PtrBind::SegIndex(node.space));
-            Source::Gather { values, index }
-        } else {
-            unis.push(r);
-            Source::Uniform((unis.len() - 1) as u32)
-        };
-        spec.sources.push((r, src));
-        Ok(())
+    let mut cx = NeedCx {
+        prog,
+        plan,
+        keep,
+        in_loop: &in_loop,
     };
+    let mut need = |o: NodeId,
+                    spec: &mut SpecBuilder,
+                    ptrs: &mut Vec<PtrBind>,
+                    unis: &mut Vec<NodeId>,
+                    have: &mut HashMap<NodeId, ()>|
+     -> Result<(), RunError> { cx.need(o, spec, ptrs, unis, have) };
     for &n in &sec.tok {
         let node = prog.node(n);
         match node.op {
@@ -266,7 +362,7 @@ fn build_loop(
                 spec.body.push(n);
             }
         }
-        if plan.buffer[n.index()].is_some() {
+        if keep[n.index()] {
             let k = slot(&mut ptrs, PtrBind::Buffer(n));
             spec.sinks.push((n, k));
         }
@@ -348,6 +444,10 @@ fn build_loop(
             partial,
         });
     }
+    if spec.sinks.is_empty() && spec.accs.is_empty() {
+        // Everything this loop computed is recomputed where it is read.
+        return Ok(None);
+    }
     let mut body = std::mem::take(&mut spec.consts);
     body.append(&mut spec.body);
     spec.body = body;
@@ -360,6 +460,94 @@ fn build_loop(
         n_acc: n_acc as usize,
         n_scratch,
     }))
+}
+
+/// Context of [`NeedCx::need`]: makes a node readable in one section's loop.
+struct NeedCx<'a> {
+    prog: &'a Program,
+    plan: &'a Plan,
+    keep: &'a [bool],
+    in_loop: &'a [NodeId],
+}
+
+fn slot_of(ptrs: &mut Vec<PtrBind>, b: PtrBind) -> u32 {
+    match ptrs.iter().position(|x| *x == b) {
+        Some(k) => k as u32,
+        None => {
+            ptrs.push(b);
+            (ptrs.len() - 1) as u32
+        }
+    }
+}
+
+impl NeedCx<'_> {
+    /// Makes `o` readable in the loop (as itself or through an alias): a stream, a uniform,
+    /// a gather, or — for an elementwise token value that is not stored — recomputed in the
+    /// loop body from its own operands.
+    fn need(
+        &mut self,
+        o: NodeId,
+        spec: &mut SpecBuilder,
+        ptrs: &mut Vec<PtrBind>,
+        unis: &mut Vec<NodeId>,
+        have: &mut HashMap<NodeId, ()>,
+    ) -> Result<(), RunError> {
+        let (prog, plan) = (self.prog, self.plan);
+        let r = resolve(plan, o);
+        if r != o {
+            spec.body_alias(o, r);
+        }
+        if have.contains_key(&r) || self.in_loop.contains(&r) {
+            return Ok(());
+        }
+        have.insert(r, ());
+        let node = prog.node(r);
+        if let Op::Const(_) = node.op {
+            spec.consts.push(r);
+            return Ok(());
+        }
+        let recompute = node.space == SpaceId::TOK
+            && !self.keep[r.index()]
+            && elementwise(&node.op)
+            && matches!(plan.roles[r.index()], Role::Computed { .. });
+        if recompute {
+            for a in node.op.operands() {
+                self.need(a, spec, ptrs, unis, have)?;
+            }
+            spec.body.push(r);
+            return Ok(());
+        }
+        let src = if node.space == SpaceId::TOK {
+            let b = match node.op {
+                Op::Input(i) if plan.buffer[r.index()].is_none() => PtrBind::Input(i),
+                Op::Structural(Structural::TokPosition) if plan.buffer[r.index()].is_none() => {
+                    PtrBind::TokPos
+                }
+                _ => {
+                    if !self.keep[r.index()] {
+                        return Err(RunError(format!(
+                            "cpu: tok node %{} is neither stored nor computable in the loop",
+                            r.0
+                        )));
+                    }
+                    PtrBind::Buffer(r)
+                }
+            };
+            Source::Stream(slot_of(ptrs, b))
+        } else if matches!(
+            prog.spaces[node.space.index()].kind,
+            SpaceKind::RowSegments { .. }
+        ) {
+            let values = slot_of(ptrs, PtrBind::SegValues(r));
+            let index = slot_of(ptrs, PtrBind::SegIndex(node.space));
+            Source::Gather { values, index }
+        } else {
+            unis.push(r);
+            Source::Uniform((unis.len() - 1) as u32)
+        };
+        spec.sources.push((r, src));
+        Ok(())
+    }
 }
 
 /// A `LoopSpec` under construction (consts go first in the body; aliases resolved late).
@@ -451,9 +639,21 @@ impl<'a> Exec<'a> {
             toks.push(t);
         }
         let mut tokbuf: Vec<Option<Vec<f32>>> = vec![None; prog.nodes.len()];
-        for b in &cp.plan.buffers {
-            if b.space == SpaceId::TOK && b.kind == schedule::BufferKind::Value {
-                tokbuf[b.node.index()] = Some(vec![0f32; n_tok]);
+        {
+            // Reused buffers: every element is written (by its loop or step) before it is
+            // read, so stale contents never leak into results.
+            let mut pool = cp
+                .pool
+                .lock()
+                .map_err(|_| RunError("cpu: pool poisoned".into()))?;
+            for b in &cp.plan.buffers {
+                if b.kind == schedule::BufferKind::Value && cp.keep[b.node.index()] {
+                    let mut v = pool.pop().unwrap_or_default();
+                    if v.len() != n_tok {
+                        v.resize(n_tok, 0.0);
+                    }
+                    tokbuf[b.node.index()] = Some(v);
+                }
             }
         }
         Ok(Exec {
@@ -517,7 +717,7 @@ impl<'a> Exec<'a> {
             return Ok(v.clone());
         }
         if let Some(v) = &self.tokbuf[n.index()] {
-            if self.cp.plan.buffer[n.index()].is_some() {
+            if self.cp.keep[n.index()] {
                 return Ok(v.iter().map(|&x| f64::from(x)).collect());
             }
         }
@@ -600,9 +800,20 @@ impl<'a> Exec<'a> {
                 arg,
                 empty,
             } => {
-                let b = self.buckets(prog.node(*arg).space, node.space)?;
-                b.iter()
-                    .map(|v| if v.is_empty() { *empty } else { v.len() as f64 })
+                let a = prog.node(*arg).space;
+                let mut counts = vec![0usize; size];
+                if a == SpaceId::TOK && node.space == SpaceId::SEQ {
+                    for (r, c) in counts.iter_mut().enumerate() {
+                        *c = self.layout.row_start[r + 1] - self.layout.row_start[r];
+                    }
+                } else {
+                    for &c in self.map(a, node.space)?.iter() {
+                        counts[c as usize] += 1;
+                    }
+                }
+                counts
+                    .iter()
+                    .map(|&c| if c == 0 { *empty } else { c as f64 })
                     .collect()
             }
             Op::Unary(..) | Op::Binary(..) | Op::Select(..) | Op::Clamp(..) => self.map_full(n)?,
@@ -658,7 +869,12 @@ impl<'a> Exec<'a> {
 
     fn store(&mut self, n: NodeId, v: Vec<f64>) {
         if self.prog().node(n).space == SpaceId::TOK {
-            self.tokbuf[n.index()] = Some(v.iter().map(|&x| x as f32).collect());
+            match &mut self.tokbuf[n.index()] {
+                Some(b) if b.len() == v.len() => {
+                    b.iter_mut().zip(&v).for_each(|(d, &x)| *d = x as f32)
+                }
+                slot => *slot = Some(v.iter().map(|&x| x as f32).collect()),
+            }
         } else {
             self.vals[n.index()] = Some(v);
         }
@@ -1002,170 +1218,84 @@ impl<'a> Exec<'a> {
         Ok(runs)
     }
 
-    fn finish(mut self) -> Result<Evaluation, RunError> {
+    /// Returns the token buffers to the program's pool.
+    fn recycle(self) {
+        if let Ok(mut pool) = self.cp.pool.lock() {
+            pool.extend(self.tokbuf.into_iter().flatten());
+        }
+    }
+
+    /// Collects the results. With `f32_grads`, gradients of token inputs that the loops
+    /// stored are swapped out as `f32` (the vectors they replace go back to the pool).
+    fn finish(
+        &mut self,
+        mut f32_grads: Option<&mut Vec<(InputId, Vec<f32>)>>,
+    ) -> Result<Evaluation, RunError> {
         let prog = self.prog();
         let mut out = Evaluation::default();
         let scalar_of = |me: &mut Self, n: NodeId| -> Result<f64, RunError> {
             Ok(me.full(n)?.first().copied().unwrap_or(f64::NAN))
         };
         out.loss = match prog.loss {
-            Some(l) => Some(scalar_of(&mut self, l)?),
+            Some(l) => Some(scalar_of(self, l)?),
             None => None,
         };
         for (name, n) in &prog.metrics {
-            let v = scalar_of(&mut self, *n)?;
+            let v = scalar_of(self, *n)?;
             out.metrics.push((name.clone(), v));
         }
         for (name, n) in &prog.outputs {
             let v = self.full(*n)?;
             out.outputs.push((name.clone(), prog.node(*n).space, v));
         }
+        if let Some(g) = f32_grads.as_deref_mut() {
+            g.truncate(prog.grads.len());
+        }
+        let mut k32 = 0usize;
+        let mut swapped: Vec<(NodeId, usize)> = Vec::new();
         for (i, n) in &prog.grads {
+            if let Some(g) = f32_grads.as_deref_mut() {
+                if let Some(&(_, j)) = swapped.iter().find(|(m, _)| m == n) {
+                    // Two inputs share one gradient node: copy the first one's vector.
+                    let v = g[j].1.clone();
+                    if g.len() <= k32 {
+                        g.push((*i, Vec::new()));
+                    }
+                    g[k32] = (*i, v);
+                    k32 += 1;
+                    continue;
+                }
+                if self.cp.keep[n.index()] {
+                    if let Some(buf) = self.tokbuf[n.index()].as_mut() {
+                        if g.len() <= k32 {
+                            g.push((*i, Vec::new()));
+                        }
+                        g[k32].0 = *i;
+                        std::mem::swap(&mut g[k32].1, buf);
+                        if buf.is_empty() {
+                            self.tokbuf[n.index()] = None;
+                        }
+                        swapped.push((*n, k32));
+                        k32 += 1;
+                        continue;
+                    }
+                }
+            }
             let v = self.full(*n)?;
             out.grads.push((*i, v));
+        }
+        if let Some(g) = f32_grads {
+            g.truncate(k32);
         }
         for (k, st) in prog.states.iter().enumerate() {
             let updated = prog.updates.iter().rev().find(|(s, _)| s.index() == k);
             let v = match updated {
-                Some((_, n)) => scalar_of(&mut self, *n)?,
+                Some((_, n)) => scalar_of(self, *n)?,
                 None => self.states.get(k).copied().unwrap_or(st.init),
             };
             out.states.push((st.name.clone(), v));
         }
         Ok(out)
-    }
-}
-
-/// A row's result of one reduction: the value, or the partial `(n, a, b)`.
-fn finish_row(rp: &RedPlan, acc: &[f32], scratch: &[Vec<f32>], len: usize) -> [f64; 3] {
-    let n = f64::from(acc[rp.count as usize]);
-    let a = rp.value.map(|s| f64::from(acc[s as usize])).unwrap_or(0.0);
-    let p = match rp.scratch {
-        Some((xs, ms)) => {
-            let x = &scratch[xs][..len];
-            let vals: Vec<f64> = match ms {
-                Some(ms) => x
-                    .iter()
-                    .zip(&scratch[ms][..len])
-                    .filter(|(_, &m)| m != 0.0)
-                    .map(|(&v, _)| f64::from(v))
-                    .collect(),
-                None => x.iter().map(|&v| f64::from(v)).collect(),
-            };
-            stats(rp.op, &vals)
-        }
-        None => [n, a, 0.0],
-    };
-    if rp.partial {
-        p
-    } else {
-        [finish_acc(rp.op, p, rp.empty), 0.0, 0.0]
-    }
-}
-
-/// `(n, mean, M2)` for Var/Std, `(n, max, Σexp(x - max))` for LogSumExp.
-fn stats(op: ReduceOp, xs: &[f64]) -> [f64; 3] {
-    let n = xs.len() as f64;
-    match op {
-        ReduceOp::LogSumExp => {
-            let m = xs.iter().copied().fold(f64::NEG_INFINITY, scalar::max);
-            let s = if m.is_finite() {
-                xs.iter().map(|&x| (x - m).exp()).sum()
-            } else {
-                1.0
-            };
-            [n, m, s]
-        }
-        _ => {
-            if xs.is_empty() {
-                return [0.0; 3];
-            }
-            let mean = xs.iter().sum::<f64>() / n;
-            let m2 = xs.iter().map(|&x| (x - mean) * (x - mean)).sum();
-            [n, mean, m2]
-        }
-    }
-}
-
-/// Combines two non-empty accumulators (Chan's formula for Var/Std).
-fn combine2(op: ReduceOp, x: [f64; 3], y: [f64; 3]) -> [f64; 3] {
-    let n = x[0] + y[0];
-    match op {
-        ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Count => [n, x[1] + y[1], 0.0],
-        ReduceOp::Max => [n, scalar::max(x[1], y[1]), 0.0],
-        ReduceOp::Min => [n, scalar::min(x[1], y[1]), 0.0],
-        ReduceOp::Var { .. } | ReduceOp::Std { .. } => {
-            let d = y[1] - x[1];
-            [
-                n,
-                x[1] + d * y[0] / n,
-                x[2] + y[2] + d * d * x[0] * y[0] / n,
-            ]
-        }
-        ReduceOp::LogSumExp => {
-            let m = scalar::max(x[1], y[1]);
-            if !m.is_finite() {
-                return [n, m, 1.0];
-            }
-            [n, m, x[2] * (x[1] - m).exp() + y[2] * (y[1] - m).exp()]
-        }
-    }
-}
-
-/// The reduction's value from its accumulator.
-fn finish_acc(op: ReduceOp, a: [f64; 3], empty: f64) -> f64 {
-    let n = a[0];
-    if n == 0.0 {
-        return empty;
-    }
-    match op {
-        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => a[1],
-        ReduceOp::Mean => a[1] / n,
-        ReduceOp::Count => n,
-        ReduceOp::Var { ddof } | ReduceOp::Std { ddof } => {
-            if n <= f64::from(ddof) {
-                return empty;
-            }
-            let v = a[2] / (n - f64::from(ddof));
-            if matches!(op, ReduceOp::Std { .. }) {
-                v.sqrt()
-            } else {
-                v
-            }
-        }
-        ReduceOp::LogSumExp => {
-            if !a[1].is_finite() {
-                a[1]
-            } else {
-                a[1] + a[2].ln()
-            }
-        }
-    }
-}
-
-/// One scan over one segment's tokens, in token order (as the interpreter).
-fn scan_run(op: ScanOp, x: &[f64], c: Option<&[f64]>, y: &mut [f64]) {
-    let n = x.len();
-    let coef = |t: usize| c.map(|c| c[t]).unwrap_or(0.0);
-    let fwd: Vec<usize> = (0..n).collect();
-    let rev: Vec<usize> = (0..n).rev().collect();
-    let (order, init): (&[usize], f64) = match op {
-        ScanOp::Cumsum | ScanOp::ScanFwd => (&fwd, 0.0),
-        ScanOp::CumsumRev | ScanOp::ScanRev => (&rev, 0.0),
-        ScanOp::CumMin => (&fwd, f64::INFINITY),
-        ScanOp::CumMax => (&fwd, f64::NEG_INFINITY),
-        ScanOp::CumMinRev => (&rev, f64::INFINITY),
-        ScanOp::CumMaxRev => (&rev, f64::NEG_INFINITY),
-    };
-    let mut acc = init;
-    for &t in order {
-        acc = match op {
-            ScanOp::Cumsum | ScanOp::CumsumRev => acc + x[t],
-            ScanOp::ScanFwd | ScanOp::ScanRev => x[t] + coef(t) * acc,
-            ScanOp::CumMin | ScanOp::CumMinRev => scalar::min(acc, x[t]),
-            ScanOp::CumMax | ScanOp::CumMaxRev => scalar::max(acc, x[t]),
-        };
-        y[t] = acc;
     }
 }
 

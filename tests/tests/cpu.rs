@@ -5,7 +5,7 @@ use rlobj_ir::{InputKind, Layout, Program, SpaceId, SpaceKind, UnaryOp};
 use rlobj_runtime::cpu::{CpuBackend, CpuProgram};
 use rlobj_runtime::interp::Interpreter;
 use rlobj_runtime::{Backend, Bound, Evaluation};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Tiny deterministic generator (xorshift) so batches are reproducible without deps.
 struct Rng(u64);
@@ -137,7 +137,7 @@ fn objectives() -> Vec<PathBuf> {
     v
 }
 
-fn compile(path: &PathBuf) -> Option<(Program, Vec<f64>, Vec<f64>)> {
+fn compile(path: &Path) -> Option<(Program, Vec<f64>, Vec<f64>)> {
     let o = rlobj_runtime::api::Objective::compile(path).ok()?;
     Some((
         o.program().clone(),
@@ -253,6 +253,9 @@ fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
     v
 }
 
+/// (routine, inputs, f64 reference, max ulp).
+type Case = (UnaryOp, Vec<f32>, fn(f64) -> f64, f64);
+
 #[test]
 fn jit_math_accuracy_against_libm() {
     let sp = |x: f64| {
@@ -262,7 +265,7 @@ fn jit_math_accuracy_against_libm() {
             x.exp().ln_1p()
         }
     };
-    let cases: Vec<(UnaryOp, Vec<f32>, fn(f64) -> f64, f64)> = vec![
+    let cases: Vec<Case> = vec![
         (UnaryOp::Exp, grid(-103.0, 88.7, 200_001), f64::exp, 2.0),
         (
             UnaryOp::Log,
@@ -443,7 +446,7 @@ fn bench_report() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4096);
-    for name in ["grpo", "dapo", "gspo", "dr_grpo"] {
+    for name in ["verl/vanilla", "grpo", "dapo", "gspo", "dr_grpo"] {
         let backends: Vec<String> = ["cpu", "candle", "interp"]
             .iter()
             .map(|s| s.to_string())
@@ -457,6 +460,54 @@ fn bench_report() {
         ) {
             Ok(s) => println!("{s}"),
             Err(e) => println!("{name}: {e}"),
+        }
+    }
+}
+
+/// `run_into` (f32 gradients, buffers reused across runs) gives the same results as `run`,
+/// run after run, even when batches of different sizes alternate.
+#[test]
+fn run_into_reuses_buffers_and_matches_run() {
+    for path in objectives().iter().take(10) {
+        let Some((prog, params, states)) = compile(path) else {
+            continue;
+        };
+        let cpu = CpuProgram::compile(&prog, false).expect("compile");
+        let mut out = rlobj_runtime::cpu::CpuResults::default();
+        for (k, (rows, width)) in [(9, 31), (17, 53), (9, 31)].into_iter().enumerate() {
+            let bound = random_bound(&prog, rows, width, k as u64);
+            let tok32: Vec<Option<Vec<f32>>> = prog
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, inp)| match &inp.kind {
+                    InputKind::Value { space, .. } if *space == SpaceId::TOK => bound.values[i]
+                        .as_ref()
+                        .map(|v| v.iter().map(|&x| x as f32).collect()),
+                    _ => None,
+                })
+                .collect();
+            let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
+            let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
+            let Ok(want) = cpu.run(&bound.layout, &tok, &other, &params, &states, None) else {
+                break;
+            };
+            cpu.run_into(
+                &bound.layout,
+                &tok,
+                &other,
+                &params,
+                &states,
+                None,
+                &mut out,
+            )
+            .expect("run_into");
+            assert_eq!(want.loss.map(f64::to_bits), out.eval.loss.map(f64::to_bits));
+            for (i, g) in &out.tok_grads {
+                let w = &want.grads.iter().find(|(j, _)| j == i).expect("grad").1;
+                let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+                assert_eq!(w, &g64, "{}", path.display());
+            }
         }
     }
 }

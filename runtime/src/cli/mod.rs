@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 pub mod demo;
 pub mod diff;
@@ -98,12 +97,36 @@ pub enum Command {
         /// GPU architecture for ptx/cubin (`sm_XX`).
         #[arg(long, default_value = "sm_80")]
         arch: String,
-        /// Print the time of every compilation phase to stderr.
+        /// Print the time of every compilation phase to stderr (parse, check, lower,
+        /// autodiff, optimise, schedule, JIT).
         #[arg(long)]
         timings: bool,
+        /// With --timings: compile this many times and print the median of each phase.
+        #[arg(long, default_value_t = 1, requires = "timings")]
+        repeat: usize,
         /// Const overrides (`name=value`), applied before compiling.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         sets: Vec<String>,
+    },
+    /// Forward+backward time per backend on a synthetic full batch: tokens/s, the plan's
+    /// bytes per token, effective GB/s against a measured copy bandwidth, peak memory.
+    Bench {
+        /// Objectives (`.obj`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Rows of the batch (B).
+        #[arg(long, default_value_t = 64)]
+        rows: usize,
+        /// Tokens per row (T); every row is full.
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        /// Comma-separated backends: interp, cpu, candle.
+        #[arg(long, default_value = "interp,cpu,candle", value_delimiter = ',')]
+        backends: Vec<String>,
+        /// One JSON object per objective (keys `speedup_vs_candle`, `speedup_vs_interp`,
+        /// `roofline_fraction`, `bytes_per_token`, ...).
+        #[arg(long)]
+        json: bool,
     },
     /// Compare two objectives (or settings) on one batch: loss, metrics, gradients.
     Diff {
@@ -268,8 +291,16 @@ where
             emit,
             arch,
             timings,
+            repeat,
             sets,
-        } => compile(&file, emit, &arch, timings, &sets, io),
+        } => compile(&file, emit, &arch, timings, repeat, &sets, io),
+        Command::Bench {
+            files,
+            rows,
+            tokens,
+            backends,
+            json,
+        } => bench(&files, rows, tokens, &backends, json, io),
         Command::Diff { a, b, common, top } => diff::diff(&a, &b, &common, top, io),
         Command::Demo {
             backend,
@@ -308,11 +339,7 @@ where
             let sets = parse_sets(&sets).map_err(|f| f.0)?;
             crate::train::commands::plot_command(&files, &sets, out.as_deref(), w)
         }),
-        Command::Golden {
-            files,
-            dir,
-            accept,
-        } => research(io, |w| {
+        Command::Golden { files, dir, accept } => research(io, |w| {
             crate::train::commands::golden_command(&files, &dir, accept, w)
         }),
     };
@@ -338,10 +365,7 @@ where
 
 /// Runs one of the training/plotting commands, which report an exit code of their own
 /// (1 for "a golden snapshot changed") or an error message.
-fn research(
-    io: &mut Io,
-    command: impl FnOnce(&mut dyn Write) -> Result<i32, String>,
-) -> CmdResult {
+fn research(io: &mut Io, command: impl FnOnce(&mut dyn Write) -> Result<i32, String>) -> CmdResult {
     match command(&mut *io.out) {
         Ok(0) => Ok(()),
         Ok(_) => Err(Fail(String::new())),
@@ -555,34 +579,50 @@ fn compile(
     emit: Emit,
     arch: &str,
     timings: bool,
+    repeat: usize,
     sets: &[String],
     io: &mut Io,
 ) -> CmdResult {
     let sets = parse_sets(sets)?;
-    let t0 = Instant::now();
     let source = rlobj_front::compile_path(file, &sets).map_err(|d| Fail(d.render(io.color)))?;
-    let t_front = t0.elapsed();
-    let t1 = Instant::now();
     let program = crate::api::finish(&source).map_err(|e| in_file(file, e))?;
-    let t_mid = t1.elapsed();
-    let t2 = Instant::now();
     let text = emit_artifact(emit, &source, &program, arch)
         .map_err(|m| Fail(format!("{}: {m}", file.display())))?;
-    let t_emit = t2.elapsed();
     let _ = io.out.write_all(&text);
     if emit != Emit::Cubin && !text.ends_with(b"\n") {
         let _ = writeln!(io.out);
     }
     if timings {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let _ = writeln!(
-            io.err,
-            "timings: front end {:.2} ms, autodiff+optimise {:.2} ms, emit {:?} {:.2} ms",
-            ms(t_front),
-            ms(t_mid),
-            emit,
-            ms(t_emit)
-        );
+        // Timings re-run the pipeline through the CPU JIT; a program the JIT cannot take
+        // still gets its artifact, with a note instead of the timings.
+        match crate::bench::compile_timings(file, &sets, repeat.max(1)) {
+            Ok(t) => {
+                let _ = writeln!(io.err, "{}", t.to_text());
+            }
+            Err(e) => {
+                let _ = writeln!(io.err, "timings: unavailable: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench(
+    files: &[PathBuf],
+    rows: usize,
+    tokens: usize,
+    backends: &[String],
+    json: bool,
+    io: &mut Io,
+) -> CmdResult {
+    for f in files {
+        let s = crate::bench::bench(f, rows, tokens, backends, json)
+            .map_err(|e| Fail(format!("{}: {e}", f.display())))?;
+        let _ = if json {
+            writeln!(io.out, "{}", s.trim_end())
+        } else {
+            write!(io.out, "{s}")
+        };
     }
     Ok(())
 }
@@ -599,9 +639,9 @@ pub fn emit_artifact(
         Emit::Ir => return Ok(rlobj_ir::dump::dump(source).into_bytes()),
         Emit::IrGrad => return Ok(rlobj_ir::dump::dump(program).into_bytes()),
         Emit::Clif => {
-            return Err("--emit clif is not available yet in this build \
-                 (try --emit ir, ir-grad, plan, cuda, opencl, ptx or cubin)"
-                .into())
+            return crate::cpu::CpuProgram::compile(program, true)
+                .map(|c| c.clif_text().into_bytes())
+                .map_err(|e| e.0)
         }
         Emit::Plan => "plan",
         Emit::Cuda => "cuda",
