@@ -1,120 +1,73 @@
 //! The objective as a candle op: `loss = objective_loss(..)` is a scalar tensor whose
-//! backward is the compiled gradient, so `loss.backward()` works in a candle training loop.
+//! backward is the compiled gradient, so `loss.backward()` works in a candle training loop
+//! and fills the gradient of **every** `@grad` input (a policy and a value head, say).
 //!
-//! The op is a [`CustomOp1`] on the `@grad` input (the policy log-probs); the other inputs
-//! are bound once when the op is built (the custom-op arity is three at most, and they need
-//! no gradient). The CPU path runs the Cranelift backend; one evaluation yields both the
-//! loss and the gradient, so `bwd` only scatters the cached gradient back to `[B, T]`.
-//! With the `cuda` feature, tensors on a CUDA device go through the CUDA launcher.
+//! One evaluation of the compiled program (the Cranelift CPU backend) yields the loss and
+//! all gradients `G_i`. The returned tensor is `loss + Σ_i (S - S.detach())` with
+//! `S = Σ_i Σ where(valid_i, x_i, 0) · G_i`: its value is exactly `loss` (the bracket is 0)
+//! and its gradient with respect to `x_i` is exactly `G_i` (zero at padding, whatever the
+//! padding holds). Only plain candle ops are used, so the op runs on any device the input
+//! tensors live on (the evaluation itself copies them to the host).
 
 use crate::cpu::CpuProgram;
 use crate::{Bound, RunError};
-use candle_core::{CpuStorage, CustomOp1, Layout as CLayout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rlobj_ir::{InputId, InputKind, SpaceId};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-/// The op: the compiled program, the bound batch and the cached gradient.
-pub struct ObjectiveOp {
-    cpu: Arc<CpuProgram>,
-    bound: Bound,
-    params: Vec<f64>,
-    states: Vec<f64>,
-    grad_input: InputId,
-    grad: Mutex<Option<Vec<f64>>>,
+fn cerr(e: candle_core::Error) -> RunError {
+    RunError(format!("candle op: {e}"))
 }
 
-fn cerr(e: RunError) -> candle_core::Error {
-    candle_core::Error::Msg(e.0)
+/// The gradient of every `@grad` input, dense in its space.
+type Grads = Vec<(InputId, Vec<f64>)>;
+
+/// Loss and the gradient of every `@grad` input (dense, in each input's space).
+fn evaluate(
+    cpu: &CpuProgram,
+    bound: &Bound,
+    params: &[f64],
+    states: &[f64],
+) -> Result<(f64, Grads), RunError> {
+    let prog = cpu.program();
+    let tok32: Vec<Option<Vec<f32>>> = prog
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, inp)| match &inp.kind {
+            InputKind::Value { space, .. } if *space == SpaceId::TOK => bound
+                .values
+                .get(k)
+                .and_then(|v| v.as_ref())
+                .map(|v| v.iter().map(|&x| x as f32).collect()),
+            _ => None,
+        })
+        .collect();
+    let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
+    let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
+    let ev = cpu.run(&bound.layout, &tok, &other, params, states, None)?;
+    let loss = ev
+        .loss
+        .ok_or_else(|| RunError(format!("objective `{}` has no loss", prog.name)))?;
+    Ok((loss, ev.grads))
 }
 
-impl ObjectiveOp {
-    fn evaluate(&self) -> Result<(f64, Vec<f64>), RunError> {
-        let prog = self.cpu.program();
-        let tok32: Vec<Option<Vec<f32>>> = prog
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(k, inp)| match &inp.kind {
-                InputKind::Value { space, .. } if *space == SpaceId::TOK => self
-                    .bound
-                    .values
-                    .get(k)
-                    .and_then(|v| v.as_ref())
-                    .map(|v| v.iter().map(|&x| x as f32).collect()),
-                _ => None,
-            })
-            .collect();
-        let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
-        let other: Vec<Option<&[f64]>> = self.bound.values.iter().map(|v| v.as_deref()).collect();
-        let ev = self.cpu.run(
-            &self.bound.layout,
-            &tok,
-            &other,
-            &self.params,
-            &self.states,
-            None,
-        )?;
-        let loss = ev
-            .loss
-            .ok_or_else(|| RunError("objective has no loss".into()))?;
-        let grad = ev
-            .grads
-            .into_iter()
-            .find(|(i, _)| *i == self.grad_input)
-            .map(|(_, g)| g)
-            .ok_or_else(|| RunError("objective has no gradient for its @grad input".into()))?;
-        Ok((loss, grad))
-    }
-
-    /// The cached gradient scattered to the padded `[B, T]` layout (zeros at padding).
-    fn padded_grad(&self) -> Result<Vec<f32>, RunError> {
-        let cached = self
-            .grad
-            .lock()
-            .map_err(|_| RunError("gradient cache poisoned".into()))?
-            .clone();
-        let g = match cached {
-            Some(g) => g,
-            None => self.evaluate()?.1,
-        };
-        let l = &self.bound.layout;
-        let mut out = vec![0f32; l.rows * l.width];
-        for r in 0..l.rows {
-            for k in l.row_start[r]..l.row_start[r + 1] {
-                out[r * l.width + l.tok_pos[k] as usize] = g[k] as f32;
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl CustomOp1 for ObjectiveOp {
-    fn name(&self) -> &'static str {
-        "rlobj-objective"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &CLayout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (loss, grad) = self.evaluate().map_err(cerr)?;
-        if let Ok(mut g) = self.grad.lock() {
-            *g = Some(grad);
-        }
-        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let g = self.padded_grad().map_err(cerr)?;
-        let g = Tensor::from_vec(g, arg.shape(), arg.device())?.to_dtype(arg.dtype())?;
-        Ok(Some(g.broadcast_mul(grad_res)?))
+/// The tensor shape an `@grad` input must have, or why it cannot be one.
+fn expected_shape(space: SpaceId, rows: usize, width: usize) -> Option<Vec<usize>> {
+    match space {
+        SpaceId::TOK => Some(vec![rows, width]),
+        SpaceId::SEQ => Some(vec![rows]),
+        SpaceId::BATCH => Some(vec![]),
+        _ => None,
     }
 }
 
 /// The loss of `cpu`'s objective on the named tensors, as a candle scalar that
-/// backpropagates into the tensor bound to the objective's (single) `@grad` input.
+/// backpropagates into the tensors bound to each of the objective's `@grad` inputs.
+///
+/// Errors name the tensor: a missing `@grad` tensor, a shape that does not match the batch
+/// (`[B, T]` for token inputs, `[B]` or `[B, 1]` for row inputs, `[]` or `[1]` for batch
+/// inputs), a non-float `@grad` tensor, or an objective without `@grad` inputs.
 pub fn objective_loss(
     cpu: Arc<CpuProgram>,
     tensors: &[(&str, &Tensor)],
@@ -122,35 +75,116 @@ pub fn objective_loss(
     states: &[f64],
 ) -> Result<Tensor, RunError> {
     let prog = cpu.program();
-    let grads: Vec<InputId> = prog.grads.iter().map(|(i, _)| *i).collect();
-    let [grad_input] = grads[..] else {
+    if prog.grads.is_empty() {
         return Err(RunError(format!(
-            "candle op: objective `{}` has {} @grad inputs; the op supports exactly one",
-            prog.name,
-            grads.len()
+            "candle op: objective `{}` has no @grad input, so its loss has no gradient",
+            prog.name
         )));
-    };
-    let gname = &prog.inputs[grad_input.index()].name;
-    let arg = tensors
-        .iter()
-        .find(|(n, _)| n == gname)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| RunError(format!("tensor `{gname}`: missing (it is the @grad input)")))?;
-    let bound = crate::batch::bind_tensors(prog, tensors)?;
-    #[cfg(feature = "cuda")]
-    if arg.device().is_cuda() {
-        return Err(RunError(
-            "candle op: the CUDA path is provided by runtime/src/cuda.rs".into(),
-        ));
     }
-    let op = ObjectiveOp {
-        cpu: cpu.clone(),
-        bound,
-        params: params.to_vec(),
-        states: states.to_vec(),
-        grad_input,
-        grad: Mutex::new(None),
-    };
-    arg.apply_op1(op)
-        .map_err(|e| RunError(format!("candle op: {e}")))
+    let mut args = Vec::new();
+    for (i, _) in &prog.grads {
+        let inp = &prog.inputs[i.index()];
+        let InputKind::Value { space, .. } = inp.kind else {
+            return Err(RunError(format!(
+                "candle op: `{}` is not a value",
+                inp.name
+            )));
+        };
+        let t = tensors
+            .iter()
+            .find(|(n, _)| *n == inp.name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                RunError(format!(
+                    "tensor `{}`: missing (it is a @grad input of `{}`)",
+                    inp.name, prog.name
+                ))
+            })?;
+        if !t.dtype().is_float() {
+            return Err(RunError(format!(
+                "tensor `{}`: a @grad input must be a float tensor, found {:?}",
+                inp.name,
+                t.dtype()
+            )));
+        }
+        args.push((*i, space, t));
+    }
+    let bound = crate::batch::bind_tensors(prog, tensors)?;
+    let l = &bound.layout;
+    for (i, space, t) in &args {
+        let name = &prog.inputs[i.index()].name;
+        let want = expected_shape(*space, l.rows, l.width).ok_or_else(|| {
+            RunError(format!(
+                "candle op: @grad input `{name}` lives in space `{}`; the op supports tok, seq and batch inputs",
+                prog.spaces[space.index()].name
+            ))
+        })?;
+        let dims = t.dims();
+        let ok = dims == want.as_slice()
+            || (*space == SpaceId::SEQ && dims == [l.rows, 1])
+            || (*space == SpaceId::BATCH && dims == [1]);
+        if !ok {
+            return Err(RunError(format!(
+                "tensor `{name}`: expected shape {want:?} for a {} input of this batch (B = {}, T = {}), found {dims:?}",
+                prog.spaces[space.index()].name,
+                l.rows,
+                l.width
+            )));
+        }
+    }
+    let (loss, grads) = evaluate(&cpu, &bound, params, states)?;
+    let mut surrogate: Option<Tensor> = None;
+    for (i, space, t) in &args {
+        let g = grads
+            .iter()
+            .find(|(k, _)| k == i)
+            .map(|(_, g)| g)
+            .ok_or_else(|| RunError(format!("candle op: no gradient for input {}", i.0)))?;
+        let (dense, valid): (Vec<f32>, Option<Vec<u8>>) = if *space == SpaceId::TOK {
+            let mut out = vec![0f32; l.rows * l.width];
+            let mut valid = vec![0u8; l.rows * l.width];
+            for r in 0..l.rows {
+                let span = l.row_start[r]..l.row_start[r + 1];
+                for (&gk, &pos) in g[span.clone()].iter().zip(&l.tok_pos[span]) {
+                    let p = r * l.width + pos as usize;
+                    out[p] = gk as f32;
+                    valid[p] = 1;
+                }
+            }
+            (out, Some(valid))
+        } else {
+            (g.iter().map(|&x| x as f32).collect(), None)
+        };
+        let dev = t.device();
+        let gt = Tensor::from_vec(dense, t.shape(), dev)
+            .and_then(|g| g.to_dtype(t.dtype()))
+            .map_err(cerr)?;
+        let x = match valid {
+            Some(v) => {
+                let m = Tensor::from_vec(v, t.shape(), dev).map_err(cerr)?;
+                m.where_cond(t, &t.zeros_like().map_err(cerr)?)
+                    .map_err(cerr)?
+            }
+            None => (*t).clone(),
+        };
+        let s = (x * gt)
+            .and_then(|p| p.sum_all())
+            .and_then(|s| s.to_dtype(DType::F32))
+            .map_err(cerr)?;
+        surrogate = Some(match surrogate {
+            Some(acc) => (acc + s).map_err(cerr)?,
+            None => s,
+        });
+    }
+    let dev = args
+        .first()
+        .map(|(_, _, t)| t.device().clone())
+        .ok_or_else(|| RunError("candle op: no @grad input".into()))?;
+    let loss_t = Tensor::new(loss as f32, &dev).map_err(cerr)?;
+    match surrogate {
+        Some(s) => (s.clone() - s.detach())
+            .and_then(|zero| loss_t + zero)
+            .map_err(cerr),
+        None => Ok(loss_t),
+    }
 }
