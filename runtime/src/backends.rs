@@ -23,7 +23,17 @@ pub const REGISTRY: &[(&str, &str, Factory)] = &[
         "fused CUDA kernels via NVRTC on a GPU (needs the `cuda` cargo feature)",
         crate::cuda::factory,
     ),
+    ("cpu", "Cranelift JIT of the kernel plan, rows across threads", cpu),
+    ("candle", "candle-eager baseline: CPU tensor ops + candle autograd", candle),
 ];
+
+fn cpu() -> Result<Box<dyn Backend>, RunError> {
+    Ok(Box::new(crate::cpu::CpuBackend::new()))
+}
+
+fn candle() -> Result<Box<dyn Backend>, RunError> {
+    Ok(Box::new(crate::candle_eager::CandleEager::new()))
+}
 
 fn interp() -> Result<Box<dyn Backend>, RunError> {
     Ok(Box::new(crate::interp::Interpreter::new()))

@@ -52,3 +52,21 @@ pub trait Backend {
         states: &[f64],
     ) -> Result<Evaluation, RunError>;
 }
+
+pub mod api;
+pub mod backends;
+pub mod batch;
+pub mod bench;
+pub mod candle_eager;
+pub mod candle_op;
+pub mod cli;
+pub mod cpu;
+pub mod cuda;
+pub mod emit;
+pub mod interp;
+pub mod nvrtc;
+pub mod opencl;
+pub mod output;
+pub mod golden;
+pub mod plot;
+pub mod train;

@@ -1,1 +1,7 @@
 //! placeholder
+
+pub mod clif;
+pub mod cstyle;
+pub mod cuda;
+pub mod math;
+pub mod opencl;
