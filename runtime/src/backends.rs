@@ -23,8 +23,16 @@ pub const REGISTRY: &[(&str, &str, Factory)] = &[
         "fused CUDA kernels via NVRTC on a GPU (needs the `cuda` cargo feature)",
         crate::cuda::factory,
     ),
-    ("cpu", "Cranelift JIT of the kernel plan, rows across threads", cpu),
-    ("candle", "candle-eager baseline: CPU tensor ops + candle autograd", candle),
+    (
+        "cpu",
+        "Cranelift JIT of the kernel plan, rows across threads",
+        cpu,
+    ),
+    (
+        "candle",
+        "candle-eager baseline: CPU tensor ops + candle autograd",
+        candle,
+    ),
 ];
 
 fn cpu() -> Result<Box<dyn Backend>, RunError> {

@@ -380,7 +380,10 @@ impl Backend for OpenClBackend {
                 let len = c.plan.buffer_len(b, &bound.layout);
                 let nan = work[*o..*o + len].iter().filter(|x| x.is_nan()).count();
                 if nan > 0 {
-                    eprintln!("opencl: buffer {b} (node %{}): {nan}/{len} NaN", c.plan.buffers[b].node.0);
+                    eprintln!(
+                        "opencl: buffer {b} (node %{}): {nan}/{len} NaN",
+                        c.plan.buffers[b].node.0
+                    );
                 }
             }
         }

@@ -255,7 +255,6 @@ fn run_rlobj(args: &[String]) -> (i32, String, String) {
     )
 }
 
-
 /// Every ```obj block of the docs is checked (standalone: a file of its own), every `rlobj …`
 /// line of a ```sh block is run from the repository root and must exit 0.
 fn run_doc(doc: &str) {

@@ -43,16 +43,25 @@ fn mat(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected a matrix, found {v}"))
         .iter()
-        .map(|r| r.as_array().map(|r| r.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()).unwrap_or_else(|| vec![r.as_f64().unwrap_or(f64::NAN)]))
+        .map(|r| {
+            r.as_array()
+                .map(|r| r.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+                .unwrap_or_else(|| vec![r.as_f64().unwrap_or(f64::NAN)])
+        })
         .collect()
 }
 
 fn vec1(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap_or_else(|| panic!("expected a vector, found {v}")).iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a vector, found {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NAN))
+        .collect()
 }
 
 fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("expected a number, found {v}"))
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number, found {v}"))
 }
 
 fn dense(m: &[Vec<f64>]) -> HostTensor {
@@ -66,32 +75,57 @@ fn close(got: f64, want: f64) -> bool {
 }
 
 /// One run's outcome, or why it could not run.
-fn run(file: &str, tensors: &[(&str, HostTensor)], sets: &[(&str, String)]) -> Result<Report, String> {
+fn run(
+    file: &str,
+    tensors: &[(&str, HostTensor)],
+    sets: &[(&str, String)],
+) -> Result<Report, String> {
     let mut obj = Objective::compile(&root().join(file)).map_err(|e| format!("{file}: {e}"))?;
-    let sets: Vec<(String, String)> = sets.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let sets: Vec<(String, String)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     obj.set_many(&sets).map_err(|e| format!("{file}: {e}"))?;
-    let batch: Vec<(String, HostTensor)> = tensors.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    let batch: Vec<(String, HostTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
     let bound = obj.bind(&batch).map_err(|e| format!("{file}: {e}"))?;
     let mut backend = backend_by_name("interp").map_err(|e| e.to_string())?;
-    let res = obj.evaluate(backend.as_mut(), &bound).map_err(|e| format!("{file}: {e}"))?;
+    let res = obj
+        .evaluate(backend.as_mut(), &bound)
+        .map_err(|e| format!("{file}: {e}"))?;
     report(&res).map_err(|e| e.to_string())
 }
 
 fn tokens<'a>(list: &'a [(String, Shaped)], name: &str) -> Option<&'a Vec<Vec<f64>>> {
-    list.iter().find(|(n, _)| n == name).and_then(|(_, s)| match s {
-        Shaped::Tokens(t) => Some(t),
-        _ => None,
-    })
+    list.iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, s)| match s {
+            Shaped::Tokens(t) => Some(t),
+            _ => None,
+        })
 }
 
 /// Compares a [B, T] result with the golden at valid tokens; returns a description of the
 /// first mismatch.
-fn cmp_tokens(got: Option<&Vec<Vec<f64>>>, want: &[Vec<f64>], mask: &[Vec<f64>], what: &str) -> Option<String> {
-    let Some(got) = got else { return Some(format!("{what}: missing")) };
+fn cmp_tokens(
+    got: Option<&Vec<Vec<f64>>>,
+    want: &[Vec<f64>],
+    mask: &[Vec<f64>],
+    what: &str,
+) -> Option<String> {
+    let Some(got) = got else {
+        return Some(format!("{what}: missing"));
+    };
     for (i, row) in want.iter().enumerate() {
         for (t, w) in row.iter().enumerate() {
             if mask[i][t] > 0.5 {
-                let g = got.get(i).and_then(|r| r.get(t)).copied().unwrap_or(f64::NAN);
+                let g = got
+                    .get(i)
+                    .and_then(|r| r.get(t))
+                    .copied()
+                    .unwrap_or(f64::NAN);
                 if !close(g, *w) {
                     return Some(format!("{what}[{i},{t}] = {g} vs {w}"));
                 }
@@ -112,7 +146,10 @@ struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        Tally { ok: Vec::new(), failed: Vec::new() }
+        Tally {
+            ok: Vec::new(),
+            failed: Vec::new(),
+        }
     }
     fn case(&mut self, name: &str, problems: Vec<String>) {
         if problems.is_empty() {
@@ -122,11 +159,20 @@ impl Tally {
         }
     }
     fn finish(self, what: &str) {
-        eprintln!("{what}: {}/{} cases pass", self.ok.len(), self.ok.len() + self.failed.len());
+        eprintln!(
+            "{what}: {}/{} cases pass",
+            self.ok.len(),
+            self.ok.len() + self.failed.len()
+        );
         for f in &self.failed {
             eprintln!("  FAIL {f}");
         }
-        assert!(self.failed.is_empty(), "{what}: {} of {} cases fail", self.failed.len(), self.ok.len() + self.failed.len());
+        assert!(
+            self.failed.is_empty(),
+            "{what}: {} of {} cases fail",
+            self.failed.len(),
+            self.ok.len() + self.failed.len()
+        );
     }
 }
 
@@ -143,7 +189,11 @@ impl Verl {
         let mut ids: Vec<String> = Vec::new();
         let group = g["meta"]["uid"]
             .as_array()
-            .map(|a| a.iter().map(|u| u.as_str().unwrap_or("").to_string()).collect::<Vec<_>>())
+            .map(|a| {
+                a.iter()
+                    .map(|u| u.as_str().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
             .into_iter()
             .map(|u| match ids.iter().position(|x| *x == u) {
@@ -171,7 +221,10 @@ impl Verl {
             ("group", HostTensor::int(vec![b], self.group.clone())),
             ("token_rewards", dense(&self.input("token_level_rewards"))),
             ("values", dense(&self.input("values"))),
-            ("reward_baselines", HostTensor::float(vec![b], vec1(&self.g["inputs"]["reward_baselines"]))),
+            (
+                "reward_baselines",
+                HostTensor::float(vec![b], vec1(&self.g["inputs"]["reward_baselines"])),
+            ),
         ]
     }
 }
@@ -187,20 +240,60 @@ fn fmt(v: &Value) -> String {
 fn verl_policy_losses() {
     let v = Verl::new();
     let params: &[(&str, &[&str])] = &[
-        ("vanilla", &["clip_ratio_low", "clip_ratio_high", "clip_ratio_c", "loss_agg_mode"]),
+        (
+            "vanilla",
+            &[
+                "clip_ratio_low",
+                "clip_ratio_high",
+                "clip_ratio_c",
+                "loss_agg_mode",
+            ],
+        ),
         ("gspo", &["clip_ratio_low", "clip_ratio_high"]),
         ("sapo", &["tau_pos", "tau_neg"]),
         ("gpg", &["loss_agg_mode"]),
         ("geo_mean", &["clip_ratio_low", "clip_ratio_high"]),
-        ("cispo", &["clip_ratio_low", "clip_ratio_high", "loss_agg_mode"]),
+        (
+            "cispo",
+            &["clip_ratio_low", "clip_ratio_high", "loss_agg_mode"],
+        ),
         ("dro", &["dro_beta", "loss_agg_mode"]),
-        ("dppo_tv", &["clip_ratio_low", "clip_ratio_high", "clip_ratio_c", "loss_agg_mode"]),
-        ("dppo_kl", &["clip_ratio_low", "clip_ratio_high", "clip_ratio_c", "loss_agg_mode"]),
+        (
+            "dppo_tv",
+            &[
+                "clip_ratio_low",
+                "clip_ratio_high",
+                "clip_ratio_c",
+                "loss_agg_mode",
+            ],
+        ),
+        (
+            "dppo_kl",
+            &[
+                "clip_ratio_low",
+                "clip_ratio_high",
+                "clip_ratio_c",
+                "loss_agg_mode",
+            ],
+        ),
         ("kl_cov", &["kl_cov_ratio", "ppo_kl_coef", "loss_agg_mode"]),
-        ("clip_cov", &["clip_ratio_low", "clip_ratio_high", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "loss_agg_mode"]),
+        (
+            "clip_cov",
+            &[
+                "clip_ratio_low",
+                "clip_ratio_high",
+                "clip_cov_ratio",
+                "clip_cov_lb",
+                "clip_cov_ub",
+                "loss_agg_mode",
+            ],
+        ),
     ];
     let mut tally = Tally::new();
-    let cases = v.g["policy_losses"].as_object().cloned().unwrap_or_default();
+    let cases = v.g["policy_losses"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     for (name, c) in &cases {
         let mode = c["loss_mode"].as_str().unwrap_or("");
         let Some((_, keys)) = params.iter().find(|(m, _)| *m == mode) else {
@@ -209,7 +302,11 @@ fn verl_policy_losses() {
         };
         let mut cfg = c["config"].clone();
         cfg["loss_agg_mode"] = c["loss_agg_mode"].clone();
-        let sets: Vec<(&str, String)> = keys.iter().filter(|k| !cfg[**k].is_null()).map(|k| (*k, fmt(&cfg[*k]))).collect();
+        let sets: Vec<(&str, String)> = keys
+            .iter()
+            .filter(|k| !cfg[**k].is_null())
+            .map(|k| (*k, fmt(&cfg[*k])))
+            .collect();
         let mut batch = v.batch();
         if c["rollout_is_weights"].as_bool() == Some(true) {
             batch.push(("rollout_is_weights", dense(&v.input("rollout_is_weights"))));
@@ -220,7 +317,12 @@ fn verl_policy_losses() {
             let prio: Vec<Vec<f64>> = want_grad
                 .iter()
                 .zip(&v.mask)
-                .map(|(g, m)| g.iter().zip(m).map(|(g, m)| if *m > 0.5 && *g == 0.0 { 1.0 } else { 0.0 }).collect())
+                .map(|(g, m)| {
+                    g.iter()
+                        .zip(m)
+                        .map(|(g, m)| if *m > 0.5 && *g == 0.0 { 1.0 } else { 0.0 })
+                        .collect()
+                })
                 .collect();
             batch.push(("clip_cov_priority", dense(&prio)));
         }
@@ -252,22 +354,57 @@ fn verl_policy_losses() {
     tally.finish("verl policy losses");
 }
 
+/// A golden advantage case: (case name, parity file, `--set` values).
+type AdvCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 #[test]
 fn verl_advantages() {
     let v = Verl::new();
     // golden case → (parity file, --set values)
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
-        ("gae_g1_l0.95", "adv_gae", &[("gamma", "1.0"), ("lam", "0.95")]),
-        ("gae_g0.99_l0.9", "adv_gae", &[("gamma", "0.99"), ("lam", "0.9")]),
-        ("grpo_std", "adv_grpo", &[("norm_adv_by_std_in_grpo", "true")]),
-        ("grpo_nostd", "adv_grpo", &[("norm_adv_by_std_in_grpo", "false")]),
-        ("grpo_vectorized_std", "adv_grpo", &[("norm_adv_by_std_in_grpo", "true")]),
-        ("grpo_passk", "adv_grpo_passk", &[("norm_adv_by_std_in_grpo", "true")]),
+    let cases: &[AdvCase] = &[
+        (
+            "gae_g1_l0.95",
+            "adv_gae",
+            &[("gamma", "1.0"), ("lam", "0.95")],
+        ),
+        (
+            "gae_g0.99_l0.9",
+            "adv_gae",
+            &[("gamma", "0.99"), ("lam", "0.9")],
+        ),
+        (
+            "grpo_std",
+            "adv_grpo",
+            &[("norm_adv_by_std_in_grpo", "true")],
+        ),
+        (
+            "grpo_nostd",
+            "adv_grpo",
+            &[("norm_adv_by_std_in_grpo", "false")],
+        ),
+        (
+            "grpo_vectorized_std",
+            "adv_grpo",
+            &[("norm_adv_by_std_in_grpo", "true")],
+        ),
+        (
+            "grpo_passk",
+            "adv_grpo_passk",
+            &[("norm_adv_by_std_in_grpo", "true")],
+        ),
         ("rloo", "adv_rloo", &[]),
         ("rloo_vectorized", "adv_rloo", &[("vectorized", "true")]),
         ("opo", "adv_opo", &[]),
-        ("reinforce_plus_plus_g1", "adv_reinforce_plus_plus", &[("gamma", "1.0")]),
-        ("reinforce_plus_plus_baseline", "adv_reinforce_plus_plus_baseline", &[]),
+        (
+            "reinforce_plus_plus_g1",
+            "adv_reinforce_plus_plus",
+            &[("gamma", "1.0")],
+        ),
+        (
+            "reinforce_plus_plus_baseline",
+            "adv_reinforce_plus_plus_baseline",
+            &[],
+        ),
         ("remax", "adv_remax", &[]),
         ("gpg", "adv_gpg", &[]),
         ("gdpo_fallback_single_reward", "adv_gdpo", &[]),
@@ -328,7 +465,14 @@ fn verl_agg_loss() {
             Ok(rep) => {
                 let w = num(&want);
                 let ok = rep.loss.is_some_and(|l| close(l, w));
-                tally.case(&name, if ok { vec![] } else { vec![format!("loss {:?} vs {w}", rep.loss)] });
+                tally.case(
+                    &name,
+                    if ok {
+                        vec![]
+                    } else {
+                        vec![format!("loss {:?} vs {w}", rep.loss)]
+                    },
+                );
             }
             Err(e) => tally.case(&name, vec![e]),
         }
@@ -341,11 +485,25 @@ fn verl_kl_entropy_value_rewards() {
     let v = Verl::new();
     let mut tally = Tally::new();
     for (kind, want) in v.g["kl_penalty"].as_object().cloned().unwrap_or_default() {
-        match run("objectives/verl/kl_penalty.obj", &v.batch(), &[("kl_penalty", kind.clone())]) {
+        match run(
+            "objectives/verl/kl_penalty.obj",
+            &v.batch(),
+            &[("kl_penalty", kind.clone())],
+        ) {
             Ok(rep) => {
                 let mut problems = Vec::new();
-                problems.extend(cmp_tokens(tokens(&rep.outputs, "kl"), &mat(&want["kl"]), &v.mask, "kl"));
-                problems.extend(cmp_tokens(tokens(&rep.grads, "logp"), &mat(&want["grad_logprob_of_masked_sum"]), &v.mask, "grad.logp"));
+                problems.extend(cmp_tokens(
+                    tokens(&rep.outputs, "kl"),
+                    &mat(&want["kl"]),
+                    &v.mask,
+                    "kl",
+                ));
+                problems.extend(cmp_tokens(
+                    tokens(&rep.grads, "logp"),
+                    &mat(&want["grad_logprob_of_masked_sum"]),
+                    &v.mask,
+                    "grad.logp",
+                ));
                 tally.case(&format!("kl_{kind}"), problems);
             }
             Err(e) => tally.case(&format!("kl_{kind}"), vec![e]),
@@ -354,13 +512,27 @@ fn verl_kl_entropy_value_rewards() {
 
     // Entropy: verl's token entropies (from logits) aggregated; rlobj takes them as input.
     let ent = &v.g["entropy"];
-    let h = vec![("entropy", dense(&mat(&ent["token_entropy"]))), ("mask", dense(&v.mask))];
+    let h = vec![
+        ("entropy", dense(&mat(&ent["token_entropy"]))),
+        ("mask", dense(&v.mask)),
+    ];
     for mode in ["token-mean", "seq-mean-token-mean"] {
-        match run("objectives/verl/entropy_loss.obj", &h, &[("loss_agg_mode", mode.to_string())]) {
+        match run(
+            "objectives/verl/entropy_loss.obj",
+            &h,
+            &[("loss_agg_mode", mode.to_string())],
+        ) {
             Ok(rep) => {
                 let w = num(&ent[mode]);
                 let ok = rep.loss.is_some_and(|l| close(l, w));
-                tally.case(&format!("entropy_{mode}"), if ok { vec![] } else { vec![format!("loss {:?} vs {w}", rep.loss)] });
+                tally.case(
+                    &format!("entropy_{mode}"),
+                    if ok {
+                        vec![]
+                    } else {
+                        vec![format!("loss {:?} vs {w}", rep.loss)]
+                    },
+                );
             }
             Err(e) => tally.case(&format!("entropy_{mode}"), vec![e]),
         }
@@ -368,11 +540,18 @@ fn verl_kl_entropy_value_rewards() {
 
     // Value loss: returns = values + 0.1, as the golden states.
     let vl = &v.g["value_loss"];
-    let returns: Vec<Vec<f64>> = v.input("values").iter().map(|r| r.iter().map(|x| x + 0.1).collect()).collect();
+    let returns: Vec<Vec<f64>> = v
+        .input("values")
+        .iter()
+        .map(|r| r.iter().map(|x| x + 0.1).collect())
+        .collect();
     let mut batch = v.batch();
     batch.push(("vpreds", dense(&v.input("vpreds"))));
     batch.push(("returns", dense(&returns)));
-    let sets = vec![("cliprange_value", fmt(&vl["cliprange_value"])), ("loss_agg_mode", "token-mean".to_string())];
+    let sets = vec![
+        ("cliprange_value", fmt(&vl["cliprange_value"])),
+        ("loss_agg_mode", "token-mean".to_string()),
+    ];
     match run("objectives/verl/value_loss.obj", &batch, &sets) {
         Ok(rep) => {
             let mut problems = Vec::new();
@@ -382,7 +561,10 @@ fn verl_kl_entropy_value_rewards() {
             }
             let wc = num(&vl["vf_clipfrac"]);
             if !metric(&rep, "vf_clipfrac").is_some_and(|m| close(m, wc)) {
-                problems.push(format!("vf_clipfrac {:?} vs {wc}", metric(&rep, "vf_clipfrac")));
+                problems.push(format!(
+                    "vf_clipfrac {:?} vs {wc}",
+                    metric(&rep, "vf_clipfrac")
+                ));
             }
             tally.case("value_loss", problems);
         }
@@ -390,11 +572,22 @@ fn verl_kl_entropy_value_rewards() {
     }
 
     // KL in reward with a fixed coefficient 0.1 (`compute_rewards(scores, old, ref, 0.1)`).
-    let sets = vec![("kl_coef", "0.1".to_string()), ("adaptive", "false".to_string()), ("kl_penalty", "kl".to_string())];
+    let sets = vec![
+        ("kl_coef", "0.1".to_string()),
+        ("adaptive", "false".to_string()),
+        ("kl_penalty", "kl".to_string()),
+    ];
     match run("objectives/verl/kl_in_reward.obj", &v.batch(), &sets) {
         Ok(rep) => {
             let want = mat(&v.g["compute_rewards_kl_ratio_0.1"]);
-            let problems: Vec<String> = cmp_tokens(tokens(&rep.outputs, "token_level_rewards"), &want, &v.mask, "rewards").into_iter().collect();
+            let problems: Vec<String> = cmp_tokens(
+                tokens(&rep.outputs, "token_level_rewards"),
+                &want,
+                &v.mask,
+                "rewards",
+            )
+            .into_iter()
+            .collect();
             tally.case("compute_rewards_kl_ratio_0.1", problems);
         }
         Err(e) => tally.case("compute_rewards_kl_ratio_0.1", vec![e]),
@@ -457,7 +650,12 @@ fn trl_loss_types() {
         if !rep.loss.is_some_and(|l| close(l, want)) {
             problems.push(format!("loss {:?} vs {want}", rep.loss));
         }
-        problems.extend(cmp_tokens(tokens(&rep.grads, "logp"), &mat(&c["grad_logp"]), &mask, "grad.logp"));
+        problems.extend(cmp_tokens(
+            tokens(&rep.grads, "logp"),
+            &mat(&c["grad_logp"]),
+            &mask,
+            "grad.logp",
+        ));
         tally.case(&key, problems);
     }
     tally.finish("trl loss types");
@@ -517,17 +715,25 @@ fn parity_files_finite_on_edge_batches() {
     batch.push(("returns", dense(&v.input("values"))));
     let mut bad = Vec::new();
     let dir = root().join("objectives/verl");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     files.sort();
     for f in files {
-        let name = f.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         if name == "agg_loss.obj" || name == "entropy_loss.obj" || name == "adv_grpo_passk.obj" {
             continue; // need other inputs / verl raises on singleton groups
         }
         match run(&format!("objectives/verl/{name}"), &batch, &[]) {
             Ok(rep) => {
                 let finite_tok = |s: &Shaped| match s {
-                    Shaped::Tokens(t) => t.iter().zip(&mask).all(|(r, m)| r.iter().zip(m).all(|(x, m)| *m < 0.5 || x.is_finite())),
+                    Shaped::Tokens(t) => t
+                        .iter()
+                        .zip(&mask)
+                        .all(|(r, m)| r.iter().zip(m).all(|(x, m)| *m < 0.5 || x.is_finite())),
                     Shaped::Rows(r) => r.iter().all(|x| x.is_finite()),
                     Shaped::Scalar(x) => x.is_finite(),
                 };

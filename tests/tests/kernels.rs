@@ -10,7 +10,7 @@ use rlobj_runtime::interp::Interpreter;
 use rlobj_runtime::opencl::OpenClBackend;
 use rlobj_runtime::{Backend, Bound, Evaluation};
 use rlobj_tests::Rng;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
@@ -43,7 +43,7 @@ fn label(p: &std::path::Path) -> String {
 }
 
 /// The differentiated, optimised program of an objective with its default params/states.
-fn compile(path: &PathBuf) -> Result<(Program, Vec<f64>, Vec<f64>), String> {
+fn compile(path: &Path) -> Result<(Program, Vec<f64>, Vec<f64>), String> {
     let o = rlobj_runtime::api::Objective::compile(path).map_err(|e| format!("{e:?}"))?;
     Ok((
         o.program().clone(),
@@ -262,6 +262,7 @@ fn catalog_opencl_matches_interpreter() {
 /// `RLOBJ_DUMP=objectives/x.obj cargo test --test kernels dump -- --nocapture` prints the
 /// plan and OpenCL text of one objective (debugging aid; does nothing otherwise).
 #[test]
+#[ignore = "debugging aid: set RLOBJ_DUMP and run with --ignored"]
 fn dump() {
     let Ok(p) = std::env::var("RLOBJ_DUMP") else {
         return;
@@ -276,6 +277,7 @@ fn dump() {
 
 /// `RLOBJ_ONE=objectives/x.obj`: parity of one objective on OpenCL (debugging aid).
 #[test]
+#[ignore = "debugging aid: set RLOBJ_ONE and run with --ignored"]
 fn one() {
     let Ok(p) = std::env::var("RLOBJ_ONE") else {
         return;

@@ -24,7 +24,11 @@ impl Span {
     }
     /// The smallest span covering both (same file assumed).
     pub fn join(self, other: Span) -> Span {
-        Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            file: self.file,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -183,20 +187,41 @@ pub enum DeclKind {
         default: Option<Expr>,
     },
     /// `param name: type = default` (runtime scalar)
-    Param { name: Ident, ty: TypeExpr, default: Expr },
+    Param {
+        name: Ident,
+        ty: TypeExpr,
+        default: Expr,
+    },
     /// `const name[: type] = value` (compile time)
-    Const { name: Ident, ty: Option<TypeExpr>, value: Expr },
+    Const {
+        name: Ident,
+        ty: Option<TypeExpr>,
+        value: Expr,
+    },
     /// `state name: f32 = init` (persistent scalar)
-    State { name: Ident, ty: TypeExpr, init: Expr },
+    State {
+        name: Ident,
+        ty: TypeExpr,
+        init: Expr,
+    },
     Let(Let),
     /// `loss = expr`
     Loss(Expr),
     /// `metric name = expr`
-    Metric { name: Ident, value: Expr },
+    Metric {
+        name: Ident,
+        value: Expr,
+    },
     /// `output name = expr`
-    Output { name: Ident, value: Expr },
+    Output {
+        name: Ident,
+        value: Expr,
+    },
     /// `update name = expr`
-    Update { name: Ident, value: Expr },
+    Update {
+        name: Ident,
+        value: Expr,
+    },
     /// Failed to parse.
     Error,
 }
@@ -239,7 +264,10 @@ pub enum BinOp {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprKind {
     /// A number literal; `raw` is the source text so the printer reproduces it.
-    Number { value: f64, raw: String },
+    Number {
+        value: f64,
+        raw: String,
+    },
     Bool(bool),
     Str(String),
     /// `name` or `module::name`.

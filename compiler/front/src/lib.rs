@@ -34,7 +34,10 @@ use std::path::Path;
 /// Compiles the objective in `path` (and its imports) to an IR program before autodiff.
 /// `overrides` set consts by name (`loss_agg_mode=token-sum`); names that are not consts
 /// are ignored here (the runtime applies them to params).
-pub fn compile_path(path: &Path, overrides: &[(String, String)]) -> Result<rlobj_ir::Program, Diagnostics> {
+pub fn compile_path(
+    path: &Path,
+    overrides: &[(String, String)],
+) -> Result<rlobj_ir::Program, Diagnostics> {
     match compile::run(compile::Root::Path(path), overrides, true) {
         (Some(program), _) => Ok(program),
         (None, diagnostics) => Err(diagnostics),
@@ -42,7 +45,11 @@ pub fn compile_path(path: &Path, overrides: &[(String, String)]) -> Result<rlobj
 }
 
 /// Like [`compile_path`] for source text; relative imports resolve from the current directory.
-pub fn compile_source(name: &str, src: &str, overrides: &[(String, String)]) -> Result<rlobj_ir::Program, Diagnostics> {
+pub fn compile_source(
+    name: &str,
+    src: &str,
+    overrides: &[(String, String)],
+) -> Result<rlobj_ir::Program, Diagnostics> {
     match compile::run(compile::Root::Source { name, text: src }, overrides, true) {
         (Some(program), _) => Ok(program),
         (None, diagnostics) => Err(diagnostics),
@@ -67,5 +74,8 @@ pub fn doc_items(path: &Path) -> Result<ModuleDoc, Diagnostics> {
 /// Like [`doc_items`] for an embedded stdlib module (`ppo`, or `a::b`).
 pub fn doc_std_module(name: &str) -> Result<ModuleDoc, Diagnostics> {
     let text = sources::stdlib_source(name).unwrap_or_default();
-    compile::document(compile::Root::Source { name: &sources::stdlib_display_name(name), text })
+    compile::document(compile::Root::Source {
+        name: &sources::stdlib_display_name(name),
+        text,
+    })
 }

@@ -74,12 +74,15 @@ impl Layout {
         parents[SpaceId::TOK.index()].push((SpaceId::SEQ, tok_row.clone()));
 
         let ids_of = |input: InputId| -> Result<&Vec<i64>, LayoutError> {
-            ids.iter().find(|(i, _)| *i == input).map(|(_, v)| v).ok_or_else(|| {
-                LayoutError(format!(
-                    "tensor `{}`: missing from the batch (it defines an index space)",
-                    prog.inputs[input.index()].name
-                ))
-            })
+            ids.iter()
+                .find(|(i, _)| *i == input)
+                .map(|(_, v)| v)
+                .ok_or_else(|| {
+                    LayoutError(format!(
+                        "tensor `{}`: missing from the batch (it defines an index space)",
+                        prog.inputs[input.index()].name
+                    ))
+                })
         };
 
         // Row groups first (in declaration order, parents are declared before children),
@@ -168,7 +171,14 @@ impl Layout {
                 parents[SpaceId::TOK.index()].push((s, tok_seg));
             }
         }
-        Ok(Layout { rows, width, row_start, tok_pos, sizes, parents })
+        Ok(Layout {
+            rows,
+            width,
+            row_start,
+            tok_pos,
+            sizes,
+            parents,
+        })
     }
 
     pub fn size(&self, s: SpaceId) -> usize {
@@ -184,7 +194,9 @@ impl Layout {
     /// Whether the tokens of every segment of `space` (a `RowSegments` space, or `SEQ`)
     /// are consecutive in token order — required by scans and shifts.
     pub fn contiguous(&self, prog: &Program, space: SpaceId) -> bool {
-        let Some(m) = self.map(prog, SpaceId::TOK, space) else { return false };
+        let Some(m) = self.map(prog, SpaceId::TOK, space) else {
+            return false;
+        };
         let mut seen = vec![false; self.size(space)];
         let mut prev: Option<u32> = None;
         for &s in &m {

@@ -118,17 +118,27 @@ pub enum SpaceKind {
     Tok,
     /// Declared by an `id[tok]` input: segments of consecutive-or-not tokens within a row,
     /// keyed by (row, id). `tok ⊂ this ⊂ seq`.
-    RowSegments { input: InputId },
+    RowSegments {
+        input: InputId,
+    },
     /// Declared by an `id[seq]` input: groups of rows keyed by id value.
     /// `seq ⊂ this ⊂ parent` (parent is `BATCH` unless declared `in other`).
-    RowGroups { input: InputId, parent: SpaceId },
+    RowGroups {
+        input: InputId,
+        parent: SpaceId,
+    },
 }
 
 /// What an input is.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum InputKind {
     /// A value tensor: `f32[S]` or `bool[S]`.
-    Value { elem: Elem, space: SpaceId, default: Option<f64>, grad: bool },
+    Value {
+        elem: Elem,
+        space: SpaceId,
+        default: Option<f64>,
+        grad: bool,
+    },
     /// An `id[tok]` / `id[seq]` tensor that defines `space`.
     Ids { space: SpaceId },
 }
@@ -217,8 +227,12 @@ pub enum ReduceOp {
     Min,
     /// Number of (unmasked) elements; the argument's values are not read.
     Count,
-    Var { ddof: u32 },
-    Std { ddof: u32 },
+    Var {
+        ddof: u32,
+    },
+    Std {
+        ddof: u32,
+    },
     LogSumExp,
 }
 
@@ -276,15 +290,41 @@ pub enum Op {
     /// From the operand's (coarser) space to the node's space.
     Broadcast(NodeId),
     /// From the operand's (finer) space to the node's space.
-    Reduce { op: ReduceOp, arg: NodeId, mask: Option<NodeId>, empty: f64 },
+    Reduce {
+        op: ReduceOp,
+        arg: NodeId,
+        mask: Option<NodeId>,
+        empty: f64,
+    },
     /// Result in the argument's space, computed within each segment of `within`.
-    Segment { op: SegmentOp, arg: NodeId, mask: Option<NodeId>, within: SpaceId, k: Option<NodeId> },
+    Segment {
+        op: SegmentOp,
+        arg: NodeId,
+        mask: Option<NodeId>,
+        within: SpaceId,
+        k: Option<NodeId>,
+    },
     /// `q`-quantile of `arg` over each segment of the node's space; `q` is in the node's space.
-    Quantile { arg: NodeId, mask: Option<NodeId>, q: NodeId, empty: f64 },
+    Quantile {
+        arg: NodeId,
+        mask: Option<NodeId>,
+        q: NodeId,
+        empty: f64,
+    },
     /// Scan along token order within each segment of `within`; result in the argument's space.
-    Scan { op: ScanOp, arg: NodeId, coef: Option<NodeId>, within: SpaceId },
+    Scan {
+        op: ScanOp,
+        arg: NodeId,
+        coef: Option<NodeId>,
+        within: SpaceId,
+    },
     /// `y_t = x_{t+offset}` within each segment of `within`, `fill` outside.
-    Shift { arg: NodeId, offset: i32, fill: f64, within: SpaceId },
+    Shift {
+        arg: NodeId,
+        offset: i32,
+        fill: f64,
+        within: SpaceId,
+    },
     StopGrad(NodeId),
 }
 
@@ -322,9 +362,18 @@ impl Program {
         Program {
             name: name.into(),
             spaces: vec![
-                Space { name: "batch".into(), kind: SpaceKind::Batch },
-                Space { name: "seq".into(), kind: SpaceKind::Seq },
-                Space { name: "tok".into(), kind: SpaceKind::Tok },
+                Space {
+                    name: "batch".into(),
+                    kind: SpaceKind::Batch,
+                },
+                Space {
+                    name: "seq".into(),
+                    kind: SpaceKind::Seq,
+                },
+                Space {
+                    name: "tok".into(),
+                    kind: SpaceKind::Tok,
+                },
             ],
             ..Default::default()
         }
@@ -377,7 +426,9 @@ impl Program {
         if fine == coarse || coarse == SpaceId::BATCH {
             return true;
         }
-        self.parents(fine).into_iter().any(|p| self.within(p, coarse))
+        self.parents(fine)
+            .into_iter()
+            .any(|p| self.within(p, coarse))
     }
 
     /// Handles of all nodes, in evaluation order.
@@ -398,9 +449,10 @@ impl Op {
             Op::Segment { arg, mask, k, .. } => {
                 std::iter::once(*arg).chain(*mask).chain(*k).collect()
             }
-            Op::Quantile { arg, mask, q, .. } => {
-                std::iter::once(*arg).chain(*mask).chain(std::iter::once(*q)).collect()
-            }
+            Op::Quantile { arg, mask, q, .. } => std::iter::once(*arg)
+                .chain(*mask)
+                .chain(std::iter::once(*q))
+                .collect(),
             Op::Scan { arg, coef, .. } => std::iter::once(*arg).chain(*coef).collect(),
             Op::Shift { arg, .. } => vec![*arg],
         }
@@ -414,6 +466,6 @@ pub mod fold;
 pub mod layout;
 pub mod passes;
 pub mod scalar;
-pub mod validate;
 pub mod schedule;
+pub mod validate;
 pub use layout::{Layout, LayoutError};
