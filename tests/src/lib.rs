@@ -335,13 +335,16 @@ pub fn random_mask(rng: &mut Rng, rows: usize, width: usize) -> Vec<bool> {
     mask
 }
 
-/// A random batch for any program, from its input declarations: a ragged mask (see
-/// [`random_mask`]), contiguous turn ids inside rows for `id[tok]` inputs, random group ids
-/// for `id[seq]` inputs (nested inside their parent groups), `f32` values uniform in
-/// `[-2, 2]`, bools true with probability 0.6.
-pub fn random_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bound {
-    let mut rng = Rng::new(seed);
-    let mask = random_mask(&mut rng, rows, width);
+/// Random id tensors for every id input of `prog`: turn ids that step up within rows, and
+/// group ids with about `rows_per_group` rows per group (nested groups stay inside their
+/// parent group).
+pub fn random_ids(
+    prog: &Program,
+    rng: &mut Rng,
+    rows: usize,
+    width: usize,
+    rows_per_group: u64,
+) -> Vec<(InputId, Vec<i64>)> {
     let mut ids: Vec<(InputId, Vec<i64>)> = Vec::new();
     for space in &prog.spaces {
         match &space.kind {
@@ -359,7 +362,7 @@ pub fn random_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bou
                 ids.push((*input, v));
             }
             SpaceKind::RowGroups { input, parent } => {
-                let n_groups = (rows as u64 / 2).max(1);
+                let n_groups = (rows as u64 / rows_per_group).max(1);
                 let parent_ids = prog
                     .spaces
                     .get(parent.index())
@@ -380,6 +383,17 @@ pub fn random_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bou
             _ => {}
         }
     }
+    ids
+}
+
+/// A random batch for any program, from its input declarations: a ragged mask (see
+/// [`random_mask`]), contiguous turn ids inside rows for `id[tok]` inputs, random group ids
+/// for `id[seq]` inputs (nested inside their parent groups), `f32` values uniform in
+/// `[-2, 2]`, bools true with probability 0.6.
+pub fn random_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bound {
+    let mut rng = Rng::new(seed);
+    let mask = random_mask(&mut rng, rows, width);
+    let ids = random_ids(prog, &mut rng, rows, width, 2);
     let layout = Layout::build(prog, rows, width, &mask, &ids).unwrap();
     let values = prog
         .inputs

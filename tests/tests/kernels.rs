@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use rlobj_ir::{Elem, InputId, InputKind, Layout, Program, SpaceKind};
+use rlobj_ir::{Elem, InputKind, Layout, Program};
 use rlobj_runtime::interp::Interpreter;
 use rlobj_runtime::opencl::OpenClBackend;
 use rlobj_runtime::{Backend, Bound, Evaluation};
-use rlobj_tests::Rng;
+use rlobj_tests::{random_ids, Rng};
 use std::path::{Path, PathBuf};
 
 fn required(var: &str) -> bool {
@@ -68,44 +68,7 @@ fn edge_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bound {
             };
         }
     }
-    let mut ids: Vec<(InputId, Vec<i64>)> = Vec::new();
-    for space in &prog.spaces {
-        match &space.kind {
-            SpaceKind::RowSegments { input } => {
-                let mut v = Vec::with_capacity(rows * width);
-                for _ in 0..rows {
-                    let mut id = rng.below(3) as i64;
-                    for _ in 0..width {
-                        if rng.chance(0.3) {
-                            id += 1;
-                        }
-                        v.push(id);
-                    }
-                }
-                ids.push((*input, v));
-            }
-            SpaceKind::RowGroups { input, parent } => {
-                let n_groups = (rows as u64 / 3).max(1);
-                let parent_ids = prog
-                    .spaces
-                    .get(parent.index())
-                    .and_then(|ps| match ps.kind {
-                        SpaceKind::RowGroups { input: pi, .. } => {
-                            ids.iter().find(|(i, _)| *i == pi).map(|(_, v)| v.clone())
-                        }
-                        _ => None,
-                    });
-                let v = (0..rows)
-                    .map(|r| match &parent_ids {
-                        Some(p) => p[r] * 1000 + rng.below(2) as i64,
-                        None => rng.below(n_groups) as i64,
-                    })
-                    .collect();
-                ids.push((*input, v));
-            }
-            _ => {}
-        }
-    }
+    let ids = random_ids(prog, &mut rng, rows, width, 3);
     let layout = Layout::build(prog, rows, width, &mask, &ids).unwrap();
     let values = prog
         .inputs
