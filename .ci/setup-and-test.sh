@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the test toolchains (PoCL OpenCL, NVRTC/ptxas wheels, numpy) and runs every check:
 # fmt, clippy, the whole test suite, `rlobj check` on the stdlib and the catalog, and the
-# verl/TRL parity script when ../shared/tools/parity is present.
+# verl/TRL parity script (on the interp, cpu, candle and opencl backends) when
+# ../shared/tools/parity is present.
 # Idempotent: installed pieces are detected and skipped, so a second run only runs the checks.
 # usage: bash .ci/setup-and-test.sh      (from anywhere; exit status 0 only if everything passed)
 set -uo pipefail
@@ -54,7 +55,9 @@ if [ -x target/release/rlobj ] && [ ${#obj_files[@]} -gt 0 ]; then
   step demo target/release/rlobj demo
 fi
 if [ -x ../shared/tools/parity ]; then
-  step parity ../shared/tools/parity interp
+  for backend in interp cpu candle opencl; do
+    step "parity-$backend" ../shared/tools/parity "$backend"
+  done
 fi
 
 say "summary"
