@@ -102,10 +102,23 @@ pub fn nvrtc() -> Result<&'static Nvrtc, NvrtcError> {
     NV.get_or_init(load).as_ref().map_err(Clone::clone)
 }
 
+/// Whether cudarc can open libnvrtc by itself. With the `cuda` feature candle links CUDA at
+/// build time (cudarc's `dynamic-linking`, which has no probe), so it is there by construction.
+fn culib_present() -> bool {
+    #[cfg(not(feature = "cuda"))]
+    {
+        // SAFETY: probing and opening a shared library; NVRTC has no unsafe initialisers.
+        unsafe { sys::is_culib_present() }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        true
+    }
+}
+
 fn load() -> Result<Nvrtc, NvrtcError> {
     let mut lib = None;
-    // SAFETY: probing and opening a shared library; NVRTC has no unsafe initialisers.
-    let present = unsafe { sys::is_culib_present() };
+    let present = culib_present();
     if !present {
         let mut candidates: Vec<PathBuf> = Vec::new();
         if let Ok(p) = std::env::var("RLOBJ_NVRTC") {
