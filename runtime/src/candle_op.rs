@@ -30,19 +30,7 @@ fn evaluate(
     states: &[f64],
 ) -> Result<(f64, Grads), RunError> {
     let prog = cpu.program();
-    let tok32: Vec<Option<Vec<f32>>> = prog
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, inp)| match &inp.kind {
-            InputKind::Value { space, .. } if *space == SpaceId::TOK => bound
-                .values
-                .get(k)
-                .and_then(|v| v.as_ref())
-                .map(|v| v.iter().map(|&x| x as f32).collect()),
-            _ => None,
-        })
-        .collect();
+    let tok32 = crate::cpu::token_inputs_f32(prog, bound);
     let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
     let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
     let ev = cpu.run(&bound.layout, &tok, &other, params, states, None)?;

@@ -1359,19 +1359,7 @@ impl Backend for CpuBackend {
         states: &[f64],
     ) -> Result<Evaluation, RunError> {
         self.compiled(prog)?;
-        let tok32: Vec<Option<Vec<f32>>> = prog
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(k, inp)| match &inp.kind {
-                InputKind::Value { space, .. } if *space == SpaceId::TOK => bound
-                    .values
-                    .get(k)
-                    .and_then(|v| v.as_ref())
-                    .map(|v| v.iter().map(|&x| x as f32).collect()),
-                _ => None,
-            })
-            .collect();
+        let tok32 = token_inputs_f32(prog, bound);
         let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
         let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
         let (cache, pool) = (&self.cache, self.pool.as_ref());
@@ -1380,4 +1368,21 @@ impl Backend for CpuBackend {
             None => Err(RunError("cpu: compile cache empty".into())),
         }
     }
+}
+
+/// The token-space value inputs of `bound` narrowed to f32 (what the JIT loops stream);
+/// `None` for inputs in other spaces and for id inputs.
+pub fn token_inputs_f32(prog: &Program, bound: &Bound) -> Vec<Option<Vec<f32>>> {
+    prog.inputs
+        .iter()
+        .enumerate()
+        .map(|(k, inp)| match &inp.kind {
+            InputKind::Value { space, .. } if *space == SpaceId::TOK => bound
+                .values
+                .get(k)
+                .and_then(|v| v.as_ref())
+                .map(|v| v.iter().map(|&x| x as f32).collect()),
+            _ => None,
+        })
+        .collect()
 }
