@@ -14,7 +14,7 @@
 //! ```
 
 use crate::{Backend, Bound, Evaluation, RunError};
-use rlobj_ir::{ConstValue, Elem, Layout, Program};
+use rlobj_ir::{ConstValue, Elem, InputKind, Layout, Program, SpaceKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -82,6 +82,9 @@ pub struct Results {
 pub struct Objective {
     origin: Origin,
     overrides: Vec<(String, String)>,
+    /// Channel-axis consts in `overrides` that `fit_channels` set (not the user), so the
+    /// next batch may change them again.
+    fitted: Vec<String>,
     /// As lowered by the front end, before autodiff (what `--emit ir` shows).
     source: Arc<Program>,
     /// Differentiated and optimised: what backends run.
@@ -133,6 +136,7 @@ impl Objective {
         Ok(Objective {
             origin,
             overrides,
+            fitted: Vec::new(),
             source: Arc::new(source),
             program: Arc::new(program),
             params,
@@ -187,11 +191,13 @@ impl Objective {
         }
     }
 
-    /// Whether `name` is a param, state or const of this objective.
+    /// Whether `name` is a param (per-channel ones by their own name), state or const of
+    /// this objective.
     pub fn knows(&self, name: &str) -> bool {
         self.program.params.iter().any(|p| p.name == name)
             || self.program.states.iter().any(|s| s.name == name)
             || self.source.consts.iter().any(|(c, _)| c == name)
+            || self.channel_param(name).is_some()
     }
 
     /// Sets a param, state or const from text, as `--set name=value` does. A const
@@ -200,28 +206,31 @@ impl Objective {
         self.set_many(&[(name.to_string(), value.to_string())])
     }
 
-    /// Applies several settings with at most one recompilation.
+    /// Applies several settings with at most one recompilation. Consts are applied first,
+    /// so `chan=2` and `weights=1,0.5` can go together. A per-channel param
+    /// (`param weights: f32[chan]`) takes exactly K comma-separated values, or one channel
+    /// at a time as `weights[1]=0.5`. Nothing changes when any setting fails.
     pub fn set_many(&mut self, sets: &[(String, String)]) -> Result<()> {
         let mut const_sets = Vec::new();
-        let mut runtime_sets = Vec::new();
+        let mut runtime = Vec::new();
         for (name, value) in sets {
-            if let Some((_, c)) = self.source.consts.iter().find(|(c, _)| c == name) {
-                const_sets.push((name.clone(), check_const(name, c, value)?));
-            } else if let Some(p) = self.program.params.iter().find(|p| &p.name == name) {
-                runtime_sets.push((name.clone(), parse_scalar(name, p.elem, value, "param")?));
-            } else if self.program.states.iter().any(|s| &s.name == name) {
-                runtime_sets.push((name.clone(), parse_scalar(name, Elem::F32, value, "state")?));
-            } else {
-                return Err(self.unknown(name));
+            match self.source.consts.iter().find(|(c, _)| c == name) {
+                Some((_, c)) => const_sets.push((name.clone(), check_const(name, c, value)?)),
+                None => runtime.push((name, value)),
             }
         }
-        if !const_sets.is_empty() {
+        let mut next = if const_sets.is_empty() {
+            self.clone()
+        } else {
             let mut overrides = self.overrides.clone();
+            let mut fitted = self.fitted.clone();
             for (n, v) in const_sets {
                 overrides.retain(|(o, _)| *o != n);
+                fitted.retain(|f| *f != n);
                 overrides.push((n, v));
             }
             let mut fresh = Self::from_origin(self.origin.clone(), overrides)?;
+            fresh.fitted = fitted;
             for (i, p) in self.program.params.iter().enumerate() {
                 if let Some(j) = fresh.program.params.iter().position(|q| q.name == p.name) {
                     fresh.params[j] = self.params[i];
@@ -232,16 +241,98 @@ impl Objective {
                     fresh.states[j] = self.states[i];
                 }
             }
-            *self = fresh;
-        }
-        for (name, v) in runtime_sets {
-            if self.program.params.iter().any(|p| p.name == name) {
-                self.set_param(&name, v)?;
+            fresh
+        };
+        for (name, value) in runtime {
+            if let Some(p) = next.program.params.iter().find(|p| &p.name == name) {
+                let v = parse_scalar(name, p.elem, value, "param")?;
+                next.set_param(name, v)?;
+            } else if next.program.states.iter().any(|s| &s.name == name) {
+                let v = parse_scalar(name, Elem::F32, value, "state")?;
+                next.set_state(name, v)?;
+            } else if let Some(elem) = next.channel_param(name) {
+                let count = next.channel_count(name);
+                let values: Vec<&str> = value.split(',').collect();
+                if values.len() != count {
+                    return Err(Error::Usage(format!(
+                        "param `{name}` has {count} channels (`{name}[0]`…`{name}[{}]`): give {count} comma-separated values, found {} in `{value}`, or set one channel with `{name}[k]=v`",
+                        count - 1,
+                        values.len()
+                    )));
+                }
+                for (k, text) in values.iter().enumerate() {
+                    let part = format!("{name}[{k}]");
+                    let v = parse_scalar(&part, elem, text, "param")?;
+                    next.set_param(&part, v)?;
+                }
             } else {
-                self.set_state(&name, v)?;
+                return Err(next.unknown(name));
             }
         }
+        *self = next;
         Ok(())
+    }
+
+    /// The element type of per-channel param `name` (its parts are `name[0]`, …).
+    fn channel_param(&self, name: &str) -> Option<Elem> {
+        let first = format!("{name}[0]");
+        self.program
+            .params
+            .iter()
+            .find(|p| p.name == first)
+            .map(|p| p.elem)
+    }
+
+    /// How many channels per-channel param `name` has.
+    fn channel_count(&self, name: &str) -> usize {
+        (0..)
+            .take_while(|k| {
+                let part = format!("{name}[{k}]");
+                self.program.params.iter().any(|p| p.name == part)
+            })
+            .count()
+    }
+
+    /// Recompiles with the channel counts of the batch: for each channel axis whose tensor
+    /// is present with the expected rank but another last dimension K, sets the axis const
+    /// to K. Axes given explicitly with `set` are left alone (binding then reports the
+    /// mismatch). Returns the axes it changed, as `(const, K)`.
+    pub fn fit_channels(
+        &mut self,
+        src: &dyn crate::batch::TensorSource,
+    ) -> Result<Vec<(String, usize)>> {
+        let mut sets: Vec<(String, String)> = Vec::new();
+        let mut changed = Vec::new();
+        for input in &self.source.inputs {
+            let (Some(slot), InputKind::Value { space, .. }) = (&input.channel, &input.kind) else {
+                continue;
+            };
+            let fixed = self.overrides.iter().any(|(n, _)| *n == slot.axis)
+                && !self.fitted.contains(&slot.axis);
+            if fixed || sets.iter().any(|(n, _)| *n == slot.axis) {
+                continue;
+            }
+            let Some(t) = src.get(&slot.tensor)? else {
+                continue;
+            };
+            let rank = match self.source.spaces.get(space.index()).map(|s| &s.kind) {
+                Some(SpaceKind::Seq | SpaceKind::RowGroups { .. }) => 2,
+                Some(SpaceKind::Tok | SpaceKind::RowSegments { .. }) => 3,
+                _ => continue,
+            };
+            match t.shape.last() {
+                Some(&k) if t.shape.len() == rank && k >= 1 && k != slot.count as usize => {
+                    sets.push((slot.axis.clone(), k.to_string()));
+                    changed.push((slot.axis.clone(), k));
+                }
+                _ => {}
+            }
+        }
+        if !sets.is_empty() {
+            self.set_many(&sets)?;
+            self.fitted.extend(sets.into_iter().map(|(n, _)| n));
+        }
+        Ok(changed)
     }
 
     fn unknown(&self, name: &str) -> Error {

@@ -11,6 +11,10 @@
 //! * id inputs must have an integer dtype (`id[seq]`: `[B]`/`[B, 1]`, `id[tok]`: `[B, T]`).
 //! * optional inputs take their default when absent; tensors the program does not read are
 //!   ignored (one batch file serves every objective).
+//! * a channelled input (`f32[seq, chan]`, K IR inputs `rewards[k]`) reads the tensor
+//!   `rewards` of shape `[B, K]` (`[B, T, K]` for token inputs) and takes column k; K must
+//!   be the count the program was compiled with (see `Objective::fit_channels`). A K = 1
+//!   input also accepts `[B]` / `[B, T]`.
 //! * NaN/Inf at valid positions is an error; padding is never read.
 //! * An empty batch is an error: `B = 0`, or no valid token when the program has a token
 //!   input (every token reduction would be over nothing, which is never what was meant).
@@ -18,7 +22,7 @@
 //! Every error names the tensor. Nothing here panics on any file.
 
 use crate::{Bound, RunError};
-use rlobj_ir::{Elem, InputId, InputKind, Layout, Program, SpaceId, SpaceKind};
+use rlobj_ir::{ChannelSlot, Elem, Input, InputId, InputKind, Layout, Program, SpaceId, SpaceKind};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
@@ -196,6 +200,17 @@ pub fn bind_bytes(prog: &Program, bytes: &[u8], what: &str) -> Result<Bound, Run
     )
 }
 
+/// A safetensors buffer as a [`TensorSource`] (tensors decode on demand), so one file can
+/// serve `Objective::fit_channels` and then `Objective::bind`.
+pub fn parse_bytes<'a>(bytes: &'a [u8], what: &str) -> Result<impl TensorSource + 'a, RunError> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| RunError(format!("{what}: not a valid safetensors file: {e}")))?;
+    Ok(StFile {
+        st,
+        what: what.to_string(),
+    })
+}
+
 /// Reads every tensor of a safetensors buffer into host memory (for `diff` and tools).
 pub fn read_all(bytes: &[u8], what: &str) -> Result<Vec<(String, HostTensor)>, RunError> {
     let st = SafeTensors::deserialize(bytes)
@@ -360,8 +375,20 @@ pub fn bind(prog: &Program, src: &dyn TensorSource) -> Result<Bound, RunError> {
     // 2. Id inputs, then the layout.
     let mut ids: Vec<(InputId, Vec<i64>)> = Vec::new();
     let mut fetched: Vec<Option<HostTensor>> = Vec::with_capacity(prog.inputs.len());
+    let mut channelled: Vec<(String, Option<HostTensor>)> = Vec::new();
     for (k, input) in prog.inputs.iter().enumerate() {
-        let t = src.get(&input.name)?;
+        let t = match &input.channel {
+            None => src.get(&input.name)?,
+            // The K inputs of one channelled tensor decode it once.
+            Some(slot) => match channelled.iter().find(|(n, _)| *n == slot.tensor) {
+                Some((_, t)) => t.clone(),
+                None => {
+                    let t = src.get(&slot.tensor)?;
+                    channelled.push((slot.tensor.clone(), t.clone()));
+                    t
+                }
+            },
+        };
         if let InputKind::Ids { space } = &input.kind {
             let Some(t) = &t else {
                 return Err(missing(
@@ -423,14 +450,18 @@ pub fn bind(prog: &Program, src: &dyn TensorSource) -> Result<Bound, RunError> {
                     values.push(Some(vec![*d; size]));
                     continue;
                 }
-                None => return Err(missing(&input.name, src, "it has no default")),
+                None => return Err(missing(tensor_name(input), src, "it has no default")),
             }
         };
         let kind = space_kind(prog, *space);
+        let t = match &input.channel {
+            Some(slot) => channel_column(&t, slot, kind, rows, width, &dims)?,
+            None => t,
+        };
         if !shape_ok(kind, &t.shape, rows, width) {
             return Err(RunError(format!(
                 "tensor `{}`: expected shape {}{dims}, found {}",
-                input.name,
+                tensor_name(input),
                 expected_shapes(kind, rows, width),
                 shape_str(&t.shape)
             )));
@@ -440,13 +471,71 @@ pub fn bind(prog: &Program, src: &dyn TensorSource) -> Result<Bound, RunError> {
             (Elem::F32, _) => {
                 return Err(RunError(format!(
                     "tensor `{}`: expected a float dtype (f32, f64, f16, bf16) for an f32 input, found {}",
-                    input.name, t.dtype
+                    tensor_name(input), t.dtype
                 )))
             }
         }
         values.push(Some(gather(prog, &layout, &input.name, *space, *elem, &t)?));
     }
     Ok(Bound { layout, values })
+}
+
+/// The batch tensor an input reads: its own name, or the channelled tensor it is a column of.
+fn tensor_name(input: &Input) -> &str {
+    input.channel.as_ref().map_or(&input.name, |c| &c.tensor)
+}
+
+/// Column `slot.index` of a channelled tensor (`[B, K]` or `[B, T, K]`), shaped like an
+/// ordinary input of `kind`.
+fn channel_column(
+    t: &HostTensor,
+    slot: &ChannelSlot,
+    kind: &SpaceKind,
+    rows: usize,
+    width: usize,
+    dims: &str,
+) -> Result<HostTensor, RunError> {
+    let (base, layout): (Vec<usize>, &str) = match kind {
+        SpaceKind::Batch => (Vec::new(), "[K]"),
+        SpaceKind::Seq | SpaceKind::RowGroups { .. } => (vec![rows], "[B, K]"),
+        SpaceKind::Tok | SpaceKind::RowSegments { .. } => (vec![rows, width], "[B, T, K]"),
+    };
+    let count = slot.count as usize;
+    if count == 1 && t.shape == base {
+        return Ok(t.clone());
+    }
+    let (name, axis) = (&slot.tensor, &slot.axis);
+    let ranked = t.shape.len() == base.len() + 1 && t.shape[..base.len()] == base[..];
+    match t.shape.last() {
+        Some(&found) if ranked && found != count => {
+            return Err(RunError(format!(
+                "tensor `{name}`: has {found} channels (shape {}) but the objective was compiled with {axis} = {count}; run with --set {axis}={found}",
+                shape_str(&t.shape)
+            )))
+        }
+        _ if ranked => {}
+        _ => {
+            let mut want = base.clone();
+            want.push(count);
+            return Err(RunError(format!(
+                "tensor `{name}`: expected shape {} ({layout}, {axis} = {count}){dims}, found {}",
+                shape_str(&want),
+                shape_str(&t.shape)
+            )));
+        }
+    }
+    let k = slot.index as usize;
+    let picks = (0..base.iter().product::<usize>()).map(|i| i * count + k);
+    let data = match &t.data {
+        HostData::Float(v) => HostData::Float(picks.map(|i| v[i]).collect()),
+        HostData::Int(v) => HostData::Int(picks.map(|i| v[i]).collect()),
+        HostData::Bool(v) => HostData::Bool(picks.map(|i| v[i]).collect()),
+    };
+    Ok(HostTensor {
+        shape: base,
+        dtype: t.dtype.clone(),
+        data,
+    })
 }
 
 fn space_kind(prog: &Program, s: SpaceId) -> &SpaceKind {
@@ -466,11 +555,11 @@ fn infer_rows(prog: &Program, src: &dyn TensorSource) -> Result<usize, RunError>
             space_kind(prog, space),
             SpaceKind::Seq | SpaceKind::RowGroups { .. }
         ) {
-            if let Some(t) = src.get(&input.name)? {
+            if let Some(t) = src.get(tensor_name(input))? {
                 return t.shape.first().copied().ok_or_else(|| {
                     RunError(format!(
                         "tensor `{}`: expected shape [B], found [] (a scalar)",
-                        input.name
+                        tensor_name(input)
                     ))
                 });
             }

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 #[path = "diagnostics/lowering.rs"]
 mod lowering;
 
+#[path = "diagnostics/channels.rs"]
+mod channels;
+
 fn case_path(name: &str) -> PathBuf {
     Path::new("cases/diagnostics").join(format!("{name}.obj"))
 }
@@ -106,6 +109,8 @@ diagnostic_case!(e0310_expected_const_int);
 diagnostic_case!(e0311_expected_const_number);
 diagnostic_case!(e0312_too_few_arguments);
 diagnostic_case!(e0313_error_reached);
+diagnostic_case!(e0314_bad_colsum_space);
+diagnostic_case!(e0315_colsum_not_tokens);
 diagnostic_case!(e0400_no_loss_or_output);
 diagnostic_case!(e0401_multiple_losses);
 diagnostic_case!(e0402_loss_not_scalar);
@@ -126,6 +131,13 @@ diagnostic_case!(e0416_grad_without_loss);
 diagnostic_case!(e0417_bad_state_type);
 diagnostic_case!(e0418_bad_input_default);
 diagnostic_case!(e0419_output_not_tensor);
+diagnostic_case!(e0420_channel_not_const);
+diagnostic_case!(e0421_channel_bad_size);
+diagnostic_case!(e0422_channel_not_reduced);
+diagnostic_case!(e0423_channel_mismatch);
+diagnostic_case!(e0424_channel_grad);
+diagnostic_case!(e0425_channel_in_signature);
+diagnostic_case!(e0426_channel_op);
 
 /// Every code in the table has a case file named after it.
 #[test]

@@ -643,14 +643,25 @@ fn expr() -> impl Strategy<Value = Expr> {
 }
 
 fn ty() -> impl Strategy<Value = TypeExpr> {
-    prop_oneof![
+    let kind = prop_oneof![
         prop::option::of(space_name()).prop_map(TypeKind::F32),
         prop::option::of(space_name()).prop_map(TypeKind::Bool),
         space_name().prop_map(TypeKind::Id),
         Just(TypeKind::Str),
         prop::collection::vec(string().prop_map(|s| (s, Z)), 1..3).prop_map(TypeKind::Enum),
-    ]
-    .prop_map(|kind| TypeExpr { kind, span: Z })
+    ];
+    // A channel axis (`f32[seq, chan]`) exists only after a space.
+    (kind, prop::option::of(ident())).prop_map(|(kind, axis)| {
+        let channel = match kind {
+            TypeKind::F32(Some(_)) | TypeKind::Bool(Some(_)) => axis,
+            _ => None,
+        };
+        TypeExpr {
+            kind,
+            channel,
+            span: Z,
+        }
+    })
 }
 
 fn decl() -> impl Strategy<Value = Decl> {

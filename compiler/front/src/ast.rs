@@ -116,10 +116,14 @@ pub struct FnParam {
     pub span: Span,
 }
 
-/// `f32`, `f32[tok]`, `bool[S]`, `id[seq]`, `str`, `"a" | "b"`.
+/// `f32`, `f32[tok]`, `bool[S]`, `f32[seq, chan]`, `id[seq]`, `str`, `"a" | "b"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TypeExpr {
     pub kind: TypeKind,
+    /// The channel axis of `f32[space, axis]` / `bool[space, axis]`: a `const` of the
+    /// objective giving the number of channels (`f32[axis]` alone parses as a space and
+    /// is told apart when lowering).
+    pub channel: Option<Ident>,
     pub span: Span,
 }
 

@@ -331,6 +331,8 @@ pub mod codes {
         EXPECTED_CONST_NUMBER = "E0311": "a value (empty:, fill:, defaults) must be a compile-time number";
         TOO_FEW_ARGUMENTS = "E0312": "`min`/`max` need at least two arguments";
         ERROR_REACHED = "E0313": "`error(\"…\")` is reached for these compile-time values";
+        BAD_COLSUM_SPACE = "E0314": "`colsum[C]` where `C` is not `batch` or an `id[seq]` group space";
+        COLSUM_NOT_TOKENS = "E0315": "`colsum`'s operand is not a token (`tok`) value";
         NO_LOSS_OR_OUTPUT = "E0400": "an objective has neither a `loss` nor an `output`";
         MULTIPLE_LOSSES = "E0401": "an objective has more than one `loss`";
         LOSS_NOT_SCALAR = "E0402": "the loss is not a `batch` scalar";
@@ -351,5 +353,12 @@ pub mod codes {
         BAD_STATE_TYPE = "E0417": "a `state` is not an `f32` scalar";
         BAD_INPUT_DEFAULT = "E0418": "an input default is not a compile-time value of the input's type";
         OUTPUT_NOT_TENSOR = "E0419": "an output is a compile-time string";
+        CHANNEL_NOT_CONST = "E0420": "a channel axis (`f32[seq, chan]`) is not an integer `const` declared before";
+        CHANNEL_BAD_SIZE = "E0421": "a channel axis const is not an integer from 1 to 256";
+        CHANNEL_NOT_REDUCED = "E0422": "a loss, metric, output, update or state is channelled";
+        CHANNEL_MISMATCH = "E0423": "one expression combines values over two different channel axes";
+        CHANNEL_GRAD = "E0424": "`@grad` on a channelled input";
+        CHANNEL_IN_SIGNATURE = "E0425": "a function parameter or return type has a channel axis";
+        CHANNEL_OP = "E0426": "an operation over a channel axis that is not a channel reduction";
     }
 }

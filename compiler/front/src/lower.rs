@@ -12,9 +12,12 @@
 //! * [`calls`] — argument binding and inlining of user functions.
 //! * [`builtins`] — elementwise builtins, reductions, segment ops, scans.
 //! * [`objective`] — declarations of an objective and the program they make.
+//! * [`channel`] — channel (ensemble) axes: `f32[seq, chan]` values are unrolled here into
+//!   one ordinary value per channel, so the IR never sees the axis.
 
 mod builtins;
 mod calls;
+mod channel;
 mod expr;
 mod objective;
 
@@ -51,8 +54,17 @@ pub(crate) enum Value {
     /// A compile-time string whose value is not known (a `str` parameter, generic check).
     AnyStr,
     Tensor(Tensor),
+    /// A channelled value (`f32[seq, chan]`): one ordinary value per channel.
+    Chan(Chan),
     /// An error was already reported; everything built from it stays silent.
     Poison,
+}
+
+/// The components of a channelled value; `parts.len()` is the channel count of `axis`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Chan {
+    pub axis: String,
+    pub parts: Vec<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +118,10 @@ pub(crate) struct Lowerer<'w> {
     pub active_fns: Vec<FnId>,
     /// Recursive cycles already reported (sorted function ids), so each is reported once.
     pub reported_cycles: HashSet<Vec<FnId>>,
+    /// Channel axes declared by inputs/params of the objective: name → channel count.
+    pub channel_axes: HashMap<String, usize>,
+    /// The channel each enclosing unrolled axis is at while one component is lowered.
+    pub channel_at: Vec<(String, usize)>,
     const_nodes: HashMap<(u64, bool), NodeId>,
     broadcast_nodes: HashMap<(NodeId, SpaceId), NodeId>,
     reported: HashSet<(String, Span)>,
@@ -123,6 +139,8 @@ impl<'w> Lowerer<'w> {
             space_decl_spans: HashMap::new(),
             active_fns: Vec::new(),
             reported_cycles: HashSet::new(),
+            channel_axes: HashMap::new(),
+            channel_at: Vec::new(),
             const_nodes: HashMap::new(),
             broadcast_nodes: HashMap::new(),
             reported: HashSet::new(),
@@ -181,6 +199,13 @@ impl<'w> Lowerer<'w> {
             Value::Str(s) => format!("str \"{s}\""),
             Value::AnyStr => "str".into(),
             Value::Tensor(t) => format!("{}[{}]", elem_name(t.elem), self.space_name(t.space)),
+            Value::Chan(c) => {
+                let inner = c.parts.first().map_or("?".into(), |p| self.type_name(p));
+                match inner.strip_suffix(']') {
+                    Some(head) => format!("{head}, {}]", c.axis),
+                    None => format!("{inner}[batch, {}]", c.axis),
+                }
+            }
             Value::Poison => "?".into(),
         }
     }

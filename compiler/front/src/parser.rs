@@ -158,20 +158,43 @@ where
         .delimited_by(just(Token::LBracket), just(Token::RBracket))
 }
 
-/// `f32[S]`, `bool`, `id[seq]`, `str`, `"a" | "b"`.
+/// `[space]` or `[space, axis]` after `f32`/`bool`: the index space and a channel axis.
+fn dims<'a, I>(file: FileId) -> impl Parser<'a, I, (Ident, Option<Ident>), Ex<'a>> + Clone
+where
+    I: ValueInput<'a, Token = Token, Span = SimpleSpan>,
+{
+    ident(file)
+        .labelled("space name")
+        .then(
+            just(Token::Comma)
+                .ignore_then(ident(file).labelled("channel axis"))
+                .or_not(),
+        )
+        .delimited_by(just(Token::LBracket), just(Token::RBracket))
+}
+
+/// `f32[S]`, `f32[S, axis]`, `bool`, `id[seq]`, `str`, `"a" | "b"`.
 fn type_parser<'a, I>(file: FileId) -> impl Parser<'a, I, TypeExpr, Ex<'a>> + Clone
 where
     I: ValueInput<'a, Token = Token, Span = SimpleSpan>,
 {
     let word = |w: &'static str| select! { Token::Ident(s) if s == w => () };
-    let f32_ = word("f32")
-        .ignore_then(space(file).or_not())
-        .map(TypeKind::F32);
-    let bool_ = word("bool")
-        .ignore_then(space(file).or_not())
-        .map(TypeKind::Bool);
-    let id_ = word("id").ignore_then(space(file)).map(TypeKind::Id);
-    let str_ = word("str").to(TypeKind::Str);
+    let split = |d: Option<(Ident, Option<Ident>)>| match d {
+        Some((space, axis)) => (Some(space), axis),
+        None => (None, None),
+    };
+    let f32_ = word("f32").ignore_then(dims(file).or_not()).map(move |d| {
+        let (space, axis) = split(d);
+        (TypeKind::F32(space), axis)
+    });
+    let bool_ = word("bool").ignore_then(dims(file).or_not()).map(move |d| {
+        let (space, axis) = split(d);
+        (TypeKind::Bool(space), axis)
+    });
+    let id_ = word("id")
+        .ignore_then(space(file))
+        .map(|s| (TypeKind::Id(s), None));
+    let str_ = word("str").to((TypeKind::Str, None));
     let lit = select! { Token::Str(s) => s }.map_with(move |s, e| (s, sp(file, e.span())));
     let enum_ = lit
         .then(
@@ -182,11 +205,12 @@ where
         )
         .map(|(first, mut rest)| {
             rest.insert(0, first);
-            TypeKind::Enum(rest)
+            (TypeKind::Enum(rest), None)
         });
     choice((f32_, bool_, id_, str_, enum_))
-        .map_with(move |kind, e| TypeExpr {
+        .map_with(move |(kind, channel), e| TypeExpr {
             kind,
+            channel,
             span: sp(file, e.span()),
         })
         .labelled("type")

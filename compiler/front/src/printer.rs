@@ -99,6 +99,14 @@ fn path(p: &[Ident]) -> String {
 }
 
 fn type_str(t: &TypeExpr) -> String {
+    if let (TypeKind::F32(Some(s)) | TypeKind::Bool(Some(s)), Some(axis)) = (&t.kind, &t.channel) {
+        let elem = if matches!(t.kind, TypeKind::F32(_)) {
+            "f32"
+        } else {
+            "bool"
+        };
+        return format!("{elem}[{}, {}]", s.name, axis.name);
+    }
     match &t.kind {
         TypeKind::F32(None) => "f32".to_string(),
         TypeKind::F32(Some(s)) => format!("f32[{}]", s.name),

@@ -92,7 +92,11 @@ impl TypeExpr {
             TypeKind::Enum(v) => TypeKind::Enum(v.iter().map(|(s, _)| (s.clone(), Z)).collect()),
             TypeKind::Error => TypeKind::Error,
         };
-        TypeExpr { kind, span: Z }
+        TypeExpr {
+            kind,
+            channel: self.channel.as_ref().map(id),
+            span: Z,
+        }
     }
 }
 

@@ -61,6 +61,7 @@ pub(crate) const BUILTIN_NAMES: &[&str] = &[
     "log_softmax",
     "rank",
     "topk",
+    "colsum",
     "quantile",
     "cumsum",
     "cumsum_rev",
@@ -119,6 +120,7 @@ fn builtin(name: &str, has_space: bool) -> Option<Builtin> {
         "log_softmax" => B::Segment(SegmentOp::LogSoftmax),
         "rank" => B::Segment(SegmentOp::Rank),
         "topk" => B::Segment(SegmentOp::TopK),
+        "colsum" => B::Segment(SegmentOp::ColumnSum),
         "quantile" => B::Quantile,
         "cumsum" => B::Scan(ScanOp::Cumsum),
         "cumsum_rev" => B::Scan(ScanOp::CumsumRev),
@@ -298,7 +300,8 @@ impl Lowerer<'_> {
     fn stop_grad(&mut self, x: Option<&Expr>, span: Span) -> Value {
         let (value, arg_span) = self.arg(x);
         match value {
-            Value::Num(_) | Value::Bool(_) | Value::Poison => value,
+            // A channelled value never reaches a builtin (it is unrolled first).
+            Value::Num(_) | Value::Bool(_) | Value::Poison | Value::Chan(_) => value,
             Value::Str(_) | Value::AnyStr => {
                 self.report_string_as_value(arg_span);
                 Value::Poison
@@ -314,7 +317,7 @@ impl Lowerer<'_> {
         let (value, arg_span) = self.arg(x);
         match value {
             Value::Bool(b) => Value::Num(f64::from(u8::from(b))),
-            Value::Num(_) | Value::Poison => value,
+            Value::Num(_) | Value::Poison | Value::Chan(_) => value,
             Value::Tensor(t) if t.elem == Elem::F32 => value,
             Value::Tensor(_) => self.unary_node(UnaryOp::ToF32, &value, Elem::F32, span),
             Value::Str(_) | Value::AnyStr => {
@@ -728,11 +731,17 @@ impl Lowerer<'_> {
         let Some((target, target_span)) = target else {
             return Value::Poison;
         };
+        if op == SegmentOp::ColumnSum && !self.colsum_space_ok(target, target_span) {
+            return Value::Poison;
+        }
         let Some((value, mask_value, space)) =
             self.masked_operand(exprs[0], mask, target, target_span, span, false)
         else {
             return Value::Poison;
         };
+        if op == SegmentOp::ColumnSum && !self.colsum_operand_ok(space, exprs[0], span) {
+            return Value::Poison;
+        }
         let k = match (op, exprs.get(1).copied().flatten()) {
             (SegmentOp::TopK, Some(k_expr)) => match self.value_in(k_expr, target, "`k`") {
                 Some(k) => Some(k),
@@ -773,6 +782,51 @@ impl Lowerer<'_> {
                 node: None,
             }),
         }
+    }
+
+    /// `colsum[C]` sums across the rows of each `C` segment, so `C` must be whole rows:
+    /// `batch` or an `id[seq]` group space.
+    fn colsum_space_ok(&mut self, target: Sp, target_span: Span) -> bool {
+        let Sp::Known(space) = target else {
+            return true;
+        };
+        let kind = self.prog.spaces.get(space.index()).map(|s| s.kind.clone());
+        if matches!(kind, Some(SpaceKind::Batch | SpaceKind::RowGroups { .. })) {
+            return true;
+        }
+        let shown = self.space_name(target);
+        self.report(
+            Diagnostic::error(
+                codes::BAD_COLSUM_SPACE,
+                format!("`colsum` sums across rows, not within `{shown}`"),
+                target_span,
+                "expected `batch` or an `id[seq]` group space",
+            )
+            .with_hint(
+                "use `colsum[grp](…)` with `input g: id[seq] as grp`, or `colsum[batch](…)`",
+            ),
+        );
+        false
+    }
+
+    /// `colsum`'s operand (after `where`) must be per token: positions exist only there.
+    fn colsum_operand_ok(&mut self, space: Sp, x: Option<&Expr>, whole: Span) -> bool {
+        if matches!(space, Sp::Known(SpaceId::TOK) | Sp::Any) {
+            return true;
+        }
+        let shown = self.space_name(space);
+        self.report(
+            Diagnostic::error(
+                codes::COLSUM_NOT_TOKENS,
+                format!("`colsum` sums token values by position, found a value in `{shown}`"),
+                x.map(|e| e.span).unwrap_or(whole),
+                "expected a `tok` value",
+            )
+            .with_hint(
+                "broadcast a per-row value to tokens first, e.g. `to_tok(s)` from `std::adv`",
+            ),
+        );
+        false
     }
 
     /// An f32 argument that must be coarser than or equal to `space` (it is broadcast there).

@@ -101,6 +101,11 @@ impl Lowerer<'_> {
         args: &[Arg],
         span: Span,
     ) -> Value {
+        if let ([name], Some(axis)) = (callee, space) {
+            if let Some(count) = self.channel_axis(axis) {
+                return self.channel_reduce(name, axis, count, args, span);
+            }
+        }
         if let [name] = callee {
             if super::is_builtin(&name.name) {
                 return self.call_builtin(name, space, args, span);

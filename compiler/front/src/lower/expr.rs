@@ -137,7 +137,7 @@ impl Lowerer<'_> {
             Value::Num(_) => true,
             Value::Tensor(t) if t.elem == Elem::F32 => true,
             Value::Poison => false,
-            Value::Bool(_) | Value::Tensor(_) => {
+            Value::Bool(_) | Value::Tensor(_) | Value::Chan(_) => {
                 let found = self.type_name(value);
                 self.report(
                     Diagnostic::error(
@@ -162,7 +162,7 @@ impl Lowerer<'_> {
             Value::Bool(_) => true,
             Value::Tensor(t) if t.elem == Elem::Bool => true,
             Value::Poison => false,
-            Value::Num(_) | Value::Tensor(_) => {
+            Value::Num(_) | Value::Tensor(_) | Value::Chan(_) => {
                 let found = self.type_name(value);
                 self.report(
                     Diagnostic::error(
@@ -232,7 +232,17 @@ impl Lowerer<'_> {
         }
     }
 
+    /// Evaluates an expression; one that reads a channelled name is lowered once per
+    /// channel (see [`super::channel`]).
     pub fn expr(&mut self, expr: &Expr) -> Value {
+        match self.unroll_channels(expr) {
+            Some(value) => value,
+            None => self.expr_plain(expr),
+        }
+    }
+
+    /// Evaluates an expression with channelled names standing for their current component.
+    pub(super) fn expr_plain(&mut self, expr: &Expr) -> Value {
         match &expr.kind {
             ExprKind::Number { value, .. } => Value::Num(*value),
             ExprKind::Bool(b) => Value::Bool(*b),
@@ -288,6 +298,11 @@ impl Lowerer<'_> {
                     .with_hint("use the space it declares, e.g. `count[grp]()` or `mean[grp](x)`"),
                 );
                 return Value::Poison;
+            }
+            if let Value::Chan(chan) = &binding.value {
+                return self
+                    .channel_component(chan)
+                    .unwrap_or(Value::Chan(chan.clone()));
             }
             return binding.value.clone();
         }

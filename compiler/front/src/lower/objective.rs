@@ -1,13 +1,13 @@
 //! Objective declarations (inputs, params, consts, states, lets, loss, metrics, outputs,
 //! updates) → an IR [`Program`], and the generic check of every function.
 
-use super::{BindingKind, Frame, Lowerer, Sp, Tensor, Value};
+use super::{BindingKind, Chan, Frame, Lowerer, Sp, Tensor, Value};
 use crate::ast::{Decl, DeclKind, Expr, Ident, ObjectiveDecl, SpaceDecl, Span, TypeExpr, TypeKind};
 use crate::diag::{codes, Diagnostic};
 use crate::modules::{ModId, World};
 use rlobj_ir::{
-    ConstValue, Elem, Input, InputKind, Op, Param, Program, Space, SpaceId, SpaceKind, State,
-    StateId,
+    ChannelSlot, ConstValue, Elem, Input, InputKind, Op, Param, Program, Space, SpaceId, SpaceKind,
+    State, StateId,
 };
 use std::collections::HashMap;
 
@@ -26,6 +26,9 @@ pub(crate) fn check_functions(world: &World) -> Vec<Diagnostic> {
 impl Lowerer<'_> {
     /// The value a parameter stands for while its function is checked generically.
     fn generic_param(&mut self, ty: &TypeExpr) -> Value {
+        if self.reject_signature_channel(ty) {
+            return Value::Poison;
+        }
         let (elem, space) = match &ty.kind {
             TypeKind::F32(space) => (Elem::F32, space),
             TypeKind::Bool(space) => (Elem::Bool, space),
@@ -55,6 +58,30 @@ impl Lowerer<'_> {
             space,
             node: None,
         })
+    }
+
+    /// Channel axes are unrolled in the objective; a function sees one channel at a time
+    /// and is written over ordinary values, so its signature cannot name one.
+    fn reject_signature_channel(&mut self, ty: &TypeExpr) -> bool {
+        let Some(axis) = &ty.channel else {
+            return false;
+        };
+        self.report(
+            Diagnostic::error(
+                codes::CHANNEL_IN_SIGNATURE,
+                format!(
+                    "a function type cannot have a channel axis (`{}`)",
+                    axis.name
+                ),
+                axis.span,
+                "channel axis in a function signature",
+            )
+            .with_hint(
+                "write the function over one channel (`f32[seq]`) and call it with a channelled \
+                 value: the call is made once per channel",
+            ),
+        );
+        true
     }
 
     fn check_default_type(&mut self, ty: &TypeExpr, value: &Value, span: Span) {
@@ -102,6 +129,9 @@ impl Lowerer<'_> {
                 self.check_default_type(&param.ty, &default_value, default.span);
             }
             self.define(&param.name, value, BindingKind::Param);
+        }
+        if let Some(ret) = &def.decl.ret {
+            self.reject_signature_channel(ret);
         }
         self.active_fns.push(func);
         let result = self.block(&def.decl.body);
@@ -243,6 +273,9 @@ impl Lowerer<'_> {
                 self.check_result_name(name, state);
                 state.had_output = true;
                 let result = self.expr(value);
+                if self.reject_channelled(&result, value.span, &format!("output `{}`", name.name)) {
+                    return;
+                }
                 if matches!(result, Value::Str(_) | Value::AnyStr) {
                     self.report(
                         Diagnostic::error(
@@ -311,6 +344,35 @@ impl Lowerer<'_> {
                 return;
             }
         };
+        if let (Some(ident), None) = (space_ident, &ty.channel) {
+            if self.names_channel_const(ident) {
+                self.report(
+                    Diagnostic::error(
+                        codes::INVALID_TYPE,
+                        format!("`{}` is a const, not an index space", ident.name),
+                        ident.span,
+                        "a channel axis needs a row space before it",
+                    )
+                    .with_hint(format!(
+                        "a channelled input is `f32[seq, {0}]` or `f32[tok, {0}]`; per-channel \
+                         scalars are params: `param w: f32[{0}] = 1.0`",
+                        ident.name
+                    )),
+                );
+                self.define(name, Value::Poison, BindingKind::Input);
+                return;
+            }
+        }
+        let channels = match &ty.channel {
+            Some(axis) => match self.declare_channel_axis(axis) {
+                Some(count) => Some((axis.name.clone(), count)),
+                None => {
+                    self.define(name, Value::Poison, BindingKind::Input);
+                    return;
+                }
+            },
+            None => None,
+        };
         let space = match space_ident {
             None => Some(SpaceId::BATCH),
             Some(ident) => match self.resolve_space(ident) {
@@ -329,6 +391,28 @@ impl Lowerer<'_> {
                 .with_secondary(ty.span, "this input is bool"),
             );
         }
+        let grad = match (grad, &channels) {
+            (Some(grad_span), Some((axis, _))) => {
+                self.report(
+                    Diagnostic::error(
+                        codes::CHANNEL_GRAD,
+                        format!(
+                            "`@grad` on `{}`, which is channelled over `{axis}`",
+                            name.name
+                        ),
+                        grad_span,
+                        "gradients are not returned for channelled inputs",
+                    )
+                    .with_secondary(ty.span, "channelled input")
+                    .with_hint(
+                        "differentiate with respect to an unchannelled input (e.g. `logp`); \
+                         channel inputs are rewards, scores and other data",
+                    ),
+                );
+                None
+            }
+            _ => grad,
+        };
         if grad.is_some() && state.first_grad.is_none() {
             state.first_grad = grad;
         }
@@ -364,6 +448,10 @@ impl Lowerer<'_> {
             self.define(name, Value::Poison, BindingKind::Input);
             return;
         };
+        if let Some((axis, count)) = channels {
+            self.lower_channel_input(name, elem, space, default_value, (axis, count), ty.span);
+            return;
+        }
         self.prog.inputs.push(Input {
             name: name.name.clone(),
             kind: InputKind::Value {
@@ -373,9 +461,61 @@ impl Lowerer<'_> {
                 grad: grad.is_some() && elem == Elem::F32,
             },
             span: src_span(name.span),
+            channel: None,
         });
         let value = self.emit(Op::Input(input_id), elem, Sp::Known(space), name.span);
         self.define(name, value, BindingKind::Input);
+    }
+
+    /// `input rewards: f32[seq, chan]`: one IR input per channel (`rewards[0]`, …), each
+    /// reading one column of the batch tensor `rewards`.
+    fn lower_channel_input(
+        &mut self,
+        name: &Ident,
+        elem: Elem,
+        space: SpaceId,
+        default: Option<f64>,
+        (axis, count): (String, usize),
+        ty_span: Span,
+    ) {
+        if space == SpaceId::BATCH {
+            self.report(
+                Diagnostic::error(
+                    codes::INVALID_TYPE,
+                    format!("channelled input `{}` needs a row space", name.name),
+                    ty_span,
+                    "`batch` has one element",
+                )
+                .with_hint(format!(
+                    "write `f32[seq, {axis}]` or `f32[tok, {axis}]`; per-channel scalars are \
+                     params: `param w: f32[{axis}] = 1.0`"
+                )),
+            );
+            self.define(name, Value::Poison, BindingKind::Input);
+            return;
+        }
+        let mut parts = Vec::with_capacity(count);
+        for k in 0..count {
+            let id = rlobj_ir::InputId(self.prog.inputs.len() as u32);
+            self.prog.inputs.push(Input {
+                name: format!("{}[{k}]", name.name),
+                kind: InputKind::Value {
+                    elem,
+                    space,
+                    default,
+                    grad: false,
+                },
+                span: src_span(name.span),
+                channel: Some(ChannelSlot {
+                    tensor: name.name.clone(),
+                    axis: axis.clone(),
+                    index: k as u32,
+                    count: count as u32,
+                }),
+            });
+            parts.push(self.emit(Op::Input(id), elem, Sp::Known(space), name.span));
+        }
+        self.define(name, Value::Chan(Chan { axis, parts }), BindingKind::Input);
     }
 
     fn lower_id_input(
@@ -486,6 +626,7 @@ impl Lowerer<'_> {
             name: name.name.clone(),
             kind: InputKind::Ids { space },
             span: src_span(name.span),
+            channel: None,
         });
         self.objective_spaces.insert(space_name.name.clone(), space);
         self.space_decl_spans
@@ -493,7 +634,34 @@ impl Lowerer<'_> {
     }
 
     fn lower_param(&mut self, name: &Ident, ty: &TypeExpr, default: &Expr) {
+        // `f32[chan]` or `f32[batch, chan]`: one runtime scalar per channel.
+        let axis = match (&ty.kind, &ty.channel) {
+            (TypeKind::F32(Some(s)) | TypeKind::Bool(Some(s)), None)
+                if self.names_channel_const(s) =>
+            {
+                Some(s)
+            }
+            (TypeKind::F32(Some(s)) | TypeKind::Bool(Some(s)), Some(axis)) if s.name == "batch" => {
+                Some(axis)
+            }
+            _ => None,
+        };
+        let channels = match axis {
+            Some(axis) => match self.declare_channel_axis(axis) {
+                Some(count) => Some((axis.name.clone(), count)),
+                None => {
+                    self.define(name, Value::Poison, BindingKind::RuntimeParam);
+                    return;
+                }
+            },
+            None => None,
+        };
         let elem = match &ty.kind {
+            _ if channels.is_some() => Some(if matches!(ty.kind, TypeKind::Bool(_)) {
+                Elem::Bool
+            } else {
+                Elem::F32
+            }),
             TypeKind::F32(None) => Some(Elem::F32),
             TypeKind::Bool(None) => Some(Elem::Bool),
             TypeKind::F32(Some(s)) if s.name == "batch" => Some(Elem::F32),
@@ -526,6 +694,26 @@ impl Lowerer<'_> {
                 None
             }
         };
+        if let Some((axis, count)) = channels {
+            let mut parts = Vec::with_capacity(count);
+            for k in 0..count {
+                let param_id = rlobj_ir::ParamId(self.prog.params.len() as u32);
+                self.prog.params.push(Param {
+                    name: format!("{}[{k}]", name.name),
+                    elem,
+                    default: number.unwrap_or(0.0),
+                    span: src_span(name.span),
+                });
+                let batch = Sp::Known(SpaceId::BATCH);
+                parts.push(self.emit(Op::Param(param_id), elem, batch, name.span));
+            }
+            self.define(
+                name,
+                Value::Chan(Chan { axis, parts }),
+                BindingKind::RuntimeParam,
+            );
+            return;
+        }
         let param_id = rlobj_ir::ParamId(self.prog.params.len() as u32);
         self.prog.params.push(Param {
             name: name.name.clone(),
@@ -552,7 +740,9 @@ impl Lowerer<'_> {
     ) {
         let found = self.type_name(value);
         let (code, label) = match value {
-            Value::Tensor(_) => (codes::CONST_NOT_COMPILE_TIME, "not known at compile time"),
+            Value::Tensor(_) | Value::Chan(_) => {
+                (codes::CONST_NOT_COMPILE_TIME, "not known at compile time")
+            }
             _ => (codes::CONST_TYPE_MISMATCH, "wrong type"),
         };
         self.report(
@@ -581,7 +771,7 @@ impl Lowerer<'_> {
         overrides: &[(String, String)],
     ) {
         let mut value = self.expr(value_expr);
-        if let Value::Tensor(_) = value {
+        if let Value::Tensor(_) | Value::Chan(_) = value {
             self.report(
                 Diagnostic::error(codes::CONST_NOT_COMPILE_TIME, format!("const `{}` is not known at compile time", name.name), value_expr.span, "a runtime value")
                     .with_hint("a const is a literal or built from other consts; use `param` for a runtime scalar"),
@@ -696,6 +886,27 @@ impl Lowerer<'_> {
     }
 
     fn lower_state(&mut self, name: &Ident, ty: &TypeExpr, init: &Expr) {
+        let channelled = match (&ty.kind, &ty.channel) {
+            (_, Some(axis)) => Some(axis),
+            (TypeKind::F32(Some(s)), None) if self.names_channel_const(s) => Some(s),
+            _ => None,
+        };
+        if let Some(axis) = channelled {
+            self.report(
+                Diagnostic::error(
+                    codes::CHANNEL_NOT_REDUCED,
+                    format!("state `{}` has a channel axis `{}`", name.name, axis.name),
+                    ty.span,
+                    "states are single numbers",
+                )
+                .with_hint(format!(
+                    "keep one state per quantity, and reduce channelled values with sum[{}](…) before updating it",
+                    axis.name
+                )),
+            );
+            self.define(name, Value::Poison, BindingKind::State(StateId(u32::MAX)));
+            return;
+        }
         let scalar = matches!(&ty.kind, TypeKind::F32(None))
             || matches!(&ty.kind, TypeKind::F32(Some(s)) if s.name == "batch");
         if !scalar {
@@ -810,6 +1021,9 @@ impl Lowerer<'_> {
                 "a state update",
             ),
         };
+        if self.reject_channelled(value, span, what) {
+            return None;
+        }
         let value = if usage == ScalarUse::Metric {
             self.bool_to_f32(value.clone(), span)
         } else {
