@@ -189,15 +189,7 @@ impl Eval<'_> {
             )));
         }
         let m = self.map(SpaceId::TOK, within)?;
-        let mut runs = Vec::new();
-        let mut start = 0;
-        for i in 1..=m.len() {
-            if i == m.len() || m[i] != m[start] {
-                runs.push(start..i);
-                start = i;
-            }
-        }
-        Ok(runs)
+        Ok(segment_runs(&m))
     }
 
     fn v(&self, n: NodeId) -> &[f64] {
@@ -266,15 +258,10 @@ impl Eval<'_> {
                 empty,
             } => {
                 let buckets = self.buckets(prog.node(*arg).space, node.space)?;
-                let x = self.v(*arg);
-                let mut out = Vec::with_capacity(n);
-                let mut seg = Vec::new();
-                for b in buckets.iter() {
-                    seg.clear();
-                    seg.extend(b.iter().filter(|&&i| self.mask(*mask, i)).map(|&i| x[i]));
-                    out.push(scalar::reduce(*op, &seg, *empty));
-                }
-                out
+                let on = |i| self.mask(*mask, i);
+                reduce_buckets(&buckets, self.v(*arg), on, |_, seg| {
+                    scalar::reduce(*op, seg, *empty)
+                })
             }
             Op::Quantile {
                 arg,
@@ -283,20 +270,11 @@ impl Eval<'_> {
                 empty,
             } => {
                 let buckets = self.buckets(prog.node(*arg).space, node.space)?;
-                let x = self.v(*arg);
                 let qs = self.v(*q);
-                buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(c, b)| {
-                        let seg: Vec<f64> = b
-                            .iter()
-                            .filter(|&&i| self.mask(*mask, i))
-                            .map(|&i| x[i])
-                            .collect();
-                        scalar::quantile(&seg, qs[c], *empty)
-                    })
-                    .collect()
+                let on = |i| self.mask(*mask, i);
+                reduce_buckets(&buckets, self.v(*arg), on, |c, seg| {
+                    scalar::quantile(seg, qs[c], *empty)
+                })
             }
             Op::Segment {
                 op,
@@ -315,13 +293,7 @@ impl Eval<'_> {
                 within,
             } => {
                 let runs = self.runs(*within)?;
-                let x = self.v(*arg);
-                let c = coef.map(|c| self.v(c));
-                let mut y = vec![0.0; n];
-                for r in runs {
-                    scan_run(*op, &x[r.clone()], c.map(|c| &c[r.clone()]), &mut y[r]);
-                }
-                y
+                scan_runs(*op, self.v(*arg), coef.map(|c| self.v(c)), &runs)
             }
             Op::Shift {
                 arg,
@@ -330,17 +302,7 @@ impl Eval<'_> {
                 within,
             } => {
                 let runs = self.runs(*within)?;
-                let x = self.v(*arg);
-                let mut y = vec![*fill; n];
-                for r in runs {
-                    for t in r.clone() {
-                        let s = t as i64 + *offset as i64;
-                        if s >= r.start as i64 && s < r.end as i64 {
-                            y[t] = x[s as usize];
-                        }
-                    }
-                }
-                y
+                shift_runs(self.v(*arg), i64::from(*offset), *fill, &runs)
             }
         })
     }
@@ -386,36 +348,148 @@ impl Eval<'_> {
         buckets: &[Vec<usize>],
         n: usize,
     ) -> Vec<f64> {
-        let x = self.v(arg);
-        let mut y = vec![0.0; n];
-        for (c, b) in buckets.iter().enumerate() {
-            let (on, off): (Vec<usize>, Vec<usize>) = b.iter().partition(|&&i| self.mask(mask, i));
-            let seg: Vec<f64> = on.iter().map(|&i| x[i]).collect();
-            // Masked-out elements: softmax/log_softmax 0, rank after every valid element
-            // (by position), never in the top k.
-            let vals: Vec<f64> = match op {
-                SegmentOp::Softmax => scalar::softmax(&seg),
-                SegmentOp::LogSoftmax => scalar::log_softmax(&seg),
-                SegmentOp::Rank => {
-                    for (j, &i) in off.iter().enumerate() {
-                        y[i] = (on.len() + j) as f64;
-                    }
-                    scalar::rank(&seg)
+        let on = |i| self.mask(mask, i);
+        let k = |c: usize| k.map(|k| self.v(k)[c]).unwrap_or(0.0);
+        let pos = &self.layout().tok_pos;
+        segment_op(op, self.v(arg), on, k, buckets, pos, n)
+    }
+}
+
+/// A reduction of every bucket's unmasked elements (`f(bucket index, values)`), shared by
+/// the interpreter and the CPU backend's host steps.
+pub(crate) fn reduce_buckets(
+    buckets: &[Vec<usize>],
+    x: &[f64],
+    on: impl Fn(usize) -> bool,
+    f: impl Fn(usize, &[f64]) -> f64,
+) -> Vec<f64> {
+    let mut seg = Vec::new();
+    buckets
+        .iter()
+        .enumerate()
+        .map(|(c, b)| {
+            seg.clear();
+            seg.extend(b.iter().filter(|&&i| on(i)).map(|&i| x[i]));
+            f(c, &seg)
+        })
+        .collect()
+}
+
+/// A segment op over every `within` segment (`buckets[c]`: segment `c`'s elements in token
+/// order, `k(c)` its top-k count, `pos` every token's padded position), shared by the
+/// interpreter and the CPU backend. Masked-out elements: softmax/log_softmax 0, rank after
+/// every valid element (by position), never in the top k.
+pub(crate) fn segment_op(
+    op: SegmentOp,
+    x: &[f64],
+    on: impl Fn(usize) -> bool,
+    k: impl Fn(usize) -> f64,
+    buckets: &[Vec<usize>],
+    pos: &[u32],
+    n: usize,
+) -> Vec<f64> {
+    let mut y = vec![0.0; n];
+    let mut acc = Vec::new();
+    for (c, b) in buckets.iter().enumerate() {
+        let (onv, off): (Vec<usize>, Vec<usize>) = b.iter().partition(|&&i| on(i));
+        let seg: Vec<f64> = onv.iter().map(|&i| x[i]).collect();
+        let vals: Vec<f64> = match op {
+            SegmentOp::Softmax => scalar::softmax(&seg),
+            SegmentOp::LogSoftmax => scalar::log_softmax(&seg),
+            SegmentOp::Rank => {
+                for (j, &i) in off.iter().enumerate() {
+                    y[i] = (onv.len() + j) as f64;
                 }
-                SegmentOp::TopK => {
-                    let kk = k.map(|k| self.v(k)[c]).unwrap_or(0.0);
-                    scalar::topk(&seg, kk)
-                        .into_iter()
-                        .map(scalar::from_bool)
-                        .collect()
-                }
-            };
-            for (&i, v) in on.iter().zip(vals) {
-                y[i] = v;
+                scalar::rank(&seg)
+            }
+            SegmentOp::ColumnSum => {
+                column_sum_segment(x, &on, b, pos, &mut acc, &mut y);
+                Vec::new()
+            }
+            SegmentOp::TopK => scalar::topk(&seg, k(c))
+                .into_iter()
+                .map(scalar::from_bool)
+                .collect(),
+        };
+        for (&i, v) in onv.iter().zip(vals) {
+            y[i] = v;
+        }
+    }
+    y
+}
+
+/// The runs of consecutive tokens with one segment id (`m`: token → segment, contiguous).
+pub(crate) fn segment_runs(m: &[u32]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=m.len() {
+        if i == m.len() || m[i] != m[start] {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs
+}
+
+/// `ColumnSum` over one `within` segment (the definition; the CPU backend runs it too): `b`
+/// are the segment's tokens in token order, `pos` the padded position of every token. Each
+/// position's unmasked tokens are summed in row order and every token of the segment at that
+/// position (masked ones too) gets the sum. `acc` is scratch, reused across segments.
+pub(crate) fn column_sum_segment(
+    x: &[f64],
+    on: impl Fn(usize) -> bool,
+    b: &[usize],
+    pos: &[u32],
+    acc: &mut Vec<f64>,
+    y: &mut [f64],
+) {
+    acc.clear();
+    for &i in b {
+        let t = pos[i] as usize;
+        if acc.len() <= t {
+            acc.resize(t + 1, 0.0);
+        }
+        if on(i) {
+            acc[t] += x[i];
+        }
+    }
+    for &i in b {
+        y[i] = acc[pos[i] as usize];
+    }
+}
+
+/// A scan over every run (segment) of `x`, shared by the interpreter and the CPU backend.
+pub(crate) fn scan_runs(
+    op: ScanOp,
+    x: &[f64],
+    coef: Option<&[f64]>,
+    runs: &[std::ops::Range<usize>],
+) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for r in runs {
+        let c = coef.map(|c| &c[r.clone()]);
+        scan_run(op, &x[r.clone()], c, &mut y[r.clone()]);
+    }
+    y
+}
+
+/// `x` shifted by `offset` within every run, `fill` where the source leaves the run.
+pub(crate) fn shift_runs(
+    x: &[f64],
+    offset: i64,
+    fill: f64,
+    runs: &[std::ops::Range<usize>],
+) -> Vec<f64> {
+    let mut y = vec![fill; x.len()];
+    for r in runs {
+        for t in r.clone() {
+            let s = t as i64 + offset;
+            if s >= r.start as i64 && s < r.end as i64 {
+                y[t] = x[s as usize];
             }
         }
-        y
     }
+    y
 }
 
 /// One scan over one segment's tokens, in token order.

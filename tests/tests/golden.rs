@@ -15,9 +15,8 @@
 //!   rlobj never reads padding. Gradients at valid tokens are exact; the loss is compared with
 //!   the golden loss minus TRL's padding term `β·Σ_pad k3·n_i/(B·T)`, computed here from the
 //!   golden inputs.
-//! * `optimal_token_baseline`: baselines are per (group, token position) across rows, a space
-//!   the language cannot declare (see the report to the coordinator); the case is listed as
-//!   unsupported and not run.
+//! * `optimal_token_baseline`: the per-(group, token position) baseline uses `colsum[grp]`;
+//!   the batch carries verl's `sum_pi_squared` and no `rollout_is_weights` (as the golden).
 
 use rlobj_runtime::api::Objective;
 use rlobj_runtime::backends::backend_by_name;
@@ -80,6 +79,15 @@ fn run(
     tensors: &[(&str, HostTensor)],
     sets: &[(&str, String)],
 ) -> Result<Report, String> {
+    run_on("interp", file, tensors, sets)
+}
+
+fn run_on(
+    backend: &str,
+    file: &str,
+    tensors: &[(&str, HostTensor)],
+    sets: &[(&str, String)],
+) -> Result<Report, String> {
     let mut obj = Objective::compile(&root().join(file)).map_err(|e| format!("{file}: {e}"))?;
     let sets: Vec<(String, String)> = sets
         .iter()
@@ -91,7 +99,7 @@ fn run(
         .map(|(n, t)| (n.to_string(), t.clone()))
         .collect();
     let bound = obj.bind(&batch).map_err(|e| format!("{file}: {e}"))?;
-    let mut backend = backend_by_name("interp").map_err(|e| e.to_string())?;
+    let mut backend = backend_by_name(backend).map_err(|e| e.to_string())?;
     let res = obj
         .evaluate(backend.as_mut(), &bound)
         .map_err(|e| format!("{file}: {e}"))?;
@@ -115,6 +123,17 @@ fn cmp_tokens(
     mask: &[Vec<f64>],
     what: &str,
 ) -> Option<String> {
+    cmp_tokens_rel(got, want, mask, what, REL)
+}
+
+/// [`cmp_tokens`] with a relative tolerance `rel` (the f32 backends get a looser one).
+fn cmp_tokens_rel(
+    got: Option<&Vec<Vec<f64>>>,
+    want: &[Vec<f64>],
+    mask: &[Vec<f64>],
+    what: &str,
+    rel: f64,
+) -> Option<String> {
     let Some(got) = got else {
         return Some(format!("{what}: missing"));
     };
@@ -126,7 +145,8 @@ fn cmp_tokens(
                     .and_then(|r| r.get(t))
                     .copied()
                     .unwrap_or(f64::NAN);
-                if !close(g, *w) {
+                let within = (g - w).abs() <= ABS + rel * w.abs();
+                if !within {
                     return Some(format!("{what}[{i},{t}] = {g} vs {w}"));
                 }
             }
@@ -221,6 +241,7 @@ impl Verl {
             ("group", HostTensor::int(vec![b], self.group.clone())),
             ("token_rewards", dense(&self.input("token_level_rewards"))),
             ("values", dense(&self.input("values"))),
+            ("sum_pi_squared", dense(&self.input("sum_pi_squared"))),
             (
                 "reward_baselines",
                 HostTensor::float(vec![b], vec1(&self.g["inputs"]["reward_baselines"])),
@@ -408,12 +429,12 @@ fn verl_advantages() {
         ("remax", "adv_remax", &[]),
         ("gpg", "adv_gpg", &[]),
         ("gdpo_fallback_single_reward", "adv_gdpo", &[]),
+        ("optimal_token_baseline", "adv_optimal_token_baseline", &[]),
     ];
-    let unsupported = ["optimal_token_baseline"];
     let mut tally = Tally::new();
     let golden = v.g["advantages"].as_object().cloned().unwrap_or_default();
     for name in golden.keys() {
-        if !cases.iter().any(|(n, _, _)| n == name) && !unsupported.contains(&name.as_str()) {
+        if !cases.iter().any(|(n, _, _)| n == name) {
             tally.case(name, vec!["golden case not mapped to a parity file".into()]);
         }
     }
@@ -435,8 +456,120 @@ fn verl_advantages() {
         }
         tally.case(name, problems);
     }
-    eprintln!("verl advantages: not expressible, not run: {unsupported:?}");
     tally.finish("verl advantages");
+}
+
+/// verl's `compute_optimal_token_baseline_advantage` loop transcribed in f64 (sorted row
+/// lengths for `handle_zero_tail`, as verl does), for the options the golden file does not
+/// exercise: `rollout_is_weights` and `handle_zero_tail = false`.
+fn otb_reference(v: &Verl, is_w: Option<&[Vec<f64>]>, zero_tail: bool) -> Vec<Vec<f64>> {
+    let (r, old, spp, m) = (
+        v.input("token_level_rewards"),
+        v.input("old_log_prob"),
+        v.input("sum_pi_squared"),
+        &v.mask,
+    );
+    let (b, t) = (m.len(), m[0].len());
+    let mut ret = vec![vec![0.0; t]; b];
+    let mut big_w = vec![vec![0.0; t]; b];
+    for i in 0..b {
+        let mut acc = 0.0;
+        for k in (0..t).rev() {
+            acc += r[i][k] * m[i][k];
+            ret[i][k] = acc;
+        }
+        let mut acc = 0.0;
+        for k in 0..t {
+            let mut w = 1.0 - 2.0 * old[i][k].exp() + spp[i][k];
+            if let Some(is_w) = is_w {
+                w *= is_w[i][k] * is_w[i][k];
+            }
+            acc += w * m[i][k];
+            big_w[i][k] = acc;
+        }
+    }
+    let mut base = vec![vec![0.0; t]; b];
+    for g in 0..=v.group.iter().copied().max().unwrap_or(0) {
+        let rows: Vec<usize> = (0..b).filter(|&i| v.group[i] == g).collect();
+        if rows.len() < 2 {
+            continue;
+        }
+        for k in 0..t {
+            let num: f64 = rows
+                .iter()
+                .map(|&i| ret[i][k] * big_w[i][k] * m[i][k])
+                .sum();
+            let den: f64 = rows.iter().map(|&i| big_w[i][k] * m[i][k]).sum::<f64>() + 1e-8;
+            for &i in &rows {
+                base[i][k] = num / den;
+            }
+        }
+        if zero_tail {
+            let len = |i: usize| m[i].iter().sum::<f64>();
+            let mut lens: Vec<f64> = rows.iter().map(|&i| len(i)).collect();
+            lens.sort_by(f64::total_cmp);
+            let (max, second) = (lens[lens.len() - 1], lens[lens.len() - 2]);
+            let longest: Vec<usize> = rows.iter().copied().filter(|&i| len(i) == max).collect();
+            if longest.len() == 1 && max > second {
+                base[longest[0]][second as usize..].fill(0.0);
+            }
+        }
+    }
+    (0..b)
+        .map(|i| (0..t).map(|k| (ret[i][k] - base[i][k]) * m[i][k]).collect())
+        .collect()
+}
+
+#[test]
+fn verl_optimal_token_baseline_options() {
+    let v = Verl::new();
+    let is_w = v.input("rollout_is_weights");
+    let mut with_is = v.batch();
+    with_is.push(("rollout_is_weights", dense(&is_w)));
+    let mut tally = Tally::new();
+    // The transcription itself must reproduce verl's recorded case.
+    let want = mat(&v.g["advantages"]["optimal_token_baseline"]["advantages"]);
+    let own = otb_reference(&v, None, true);
+    let problems = cmp_tokens(Some(&own), &want, &v.mask, "reference")
+        .into_iter()
+        .collect();
+    tally.case("reference_vs_golden", problems);
+    for (name, batch, is, tail) in [
+        ("is_weights", &with_is, Some(&is_w[..]), true),
+        ("no_zero_tail", &v.batch(), None, false),
+        ("is_weights_no_zero_tail", &with_is, Some(&is_w[..]), false),
+    ] {
+        let sets = [("handle_zero_tail", tail.to_string())];
+        let file = "objectives/verl/adv_optimal_token_baseline.obj";
+        let problems = match run(file, batch, &sets) {
+            Ok(rep) => cmp_tokens(
+                tokens(&rep.outputs, "advantages"),
+                &otb_reference(&v, is, tail),
+                &v.mask,
+                "advantages",
+            )
+            .into_iter()
+            .collect(),
+            Err(e) => vec![e],
+        };
+        tally.case(name, problems);
+    }
+    // The f32 backends on the golden case (their catalog sweeps skip `objectives/verl`).
+    for backend in ["cpu", "candle"] {
+        let file = "objectives/verl/adv_optimal_token_baseline.obj";
+        let problems = match run_on(backend, file, &v.batch(), &[]) {
+            Ok(rep) => ["advantages", "returns"]
+                .iter()
+                .filter_map(|out| {
+                    let want = mat(&v.g["advantages"]["optimal_token_baseline"][*out]);
+                    cmp_tokens_rel(tokens(&rep.outputs, out), &want, &v.mask, out, 1e-4)
+                })
+                .collect(),
+            Err(e) => vec![e],
+        };
+        tally.case(&format!("golden_on_{backend}"), problems);
+    }
+    tally.finish("verl optimal_token_baseline options");
 }
 
 #[test]

@@ -208,6 +208,26 @@ fn segment_prog(op: Sg, within: &str, masked: bool) -> Program {
     b.finish()
 }
 
+/// `colsum[within](x [where m]) * x`: the product makes the gradient depend on `x`, so the
+/// finite-difference check sees both the forward sums and the adjoint.
+fn colsum_prog(within: &str, masked: bool) -> Program {
+    let mut b = Builder::new(&format!(
+        "segment_colsum_{within}{}",
+        if masked { "_m" } else { "" }
+    ));
+    let w = if within == "grp" {
+        b.groups("group", "grp", BATCH)
+    } else {
+        BATCH
+    };
+    let x = b.g("x", TOK);
+    let m = masked.then(|| b.b("m", TOK));
+    let c = b.segment(Sg::ColumnSum, x, m, w, None);
+    let y = b.mul(c, x);
+    b.loss_weighted(y);
+    b.finish()
+}
+
 fn quantile_prog() -> Program {
     let mut b = Builder::new("quantile");
     let grp = b.groups("group", "grp", BATCH);
@@ -406,6 +426,9 @@ fn catalog() -> Vec<Program> {
         v.push(segment_prog(op, "seq", true));
         v.push(segment_prog(op, "grp", false));
         v.push(segment_prog(op, "turn", true));
+    }
+    for (within, masked) in [("grp", false), ("grp", true), ("batch", true)] {
+        v.push(colsum_prog(within, masked));
     }
     v.push(quantile_prog());
     for op in [
@@ -737,6 +760,43 @@ fn interpreter_quantile_rank_topk() {
 }
 
 #[test]
+fn interpreter_colsum_sums_padded_columns_of_each_group() {
+    let mut b = Builder::new("colsum");
+    let g = b.groups("group", "grp", BATCH);
+    let x = b.f("x", TOK);
+    let m = b.b("m", TOK);
+    let by_group = b.segment(Sg::ColumnSum, x, Some(m), g, None);
+    let by_batch = b.segment(Sg::ColumnSum, x, None, BATCH, None);
+    b.output("g", by_group);
+    b.output("b", by_batch);
+    let p = b.finish();
+    // Rows (padded width 3) with holes; groups {0, 2} and {1, 3}; tokens in row order.
+    #[rustfmt::skip]
+    let mask = [
+        true, true, true,
+        true, false, true,
+        true, true, false,
+        false, true, true,
+    ];
+    let ids = vec![(rlobj_ir::InputId(0), vec![7, 3, 7, 3])];
+    let xs = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
+    // Only row 2's first token (x = 6) is masked out: it still receives its column's sum.
+    let ms = vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+    let bd = bound(&p, 4, 3, &mask, ids, vec![None, Some(xs), Some(ms)]);
+    let e = run(&p, &bd).unwrap();
+    // Group {0, 2}: t0 = 1 (6 masked), t1 = 2 + 7, t2 = 3. Group {1, 3}: t0 = 4, t1 = 8,
+    // t2 = 5 + 9. Batch: t0 = 1 + 4 + 6, t1 = 2 + 7 + 8, t2 = 3 + 5 + 9.
+    assert_eq!(
+        e.outputs[0].2,
+        vec![1.0, 9.0, 3.0, 4.0, 14.0, 1.0, 9.0, 8.0, 14.0]
+    );
+    assert_eq!(
+        e.outputs[1].2,
+        vec![11.0, 17.0, 17.0, 11.0, 17.0, 11.0, 17.0, 17.0, 17.0]
+    );
+}
+
+#[test]
 fn interpreter_empty_segments_softmax_scans_shifts() {
     let mut b = Builder::new("misc");
     let turn = b.segments("turn", "turn");
@@ -915,6 +975,18 @@ fn validator_rejects_malformed_programs() {
     b.segment(Sg::TopK, x, None, SEQ, Some(k));
     rejects(&b.p, "k %");
 
+    // colsum: per-row values have no position; `seq`/row segments are not sets of rows.
+    let (mut b, _, s) = base();
+    b.segment(Sg::ColumnSum, s, None, BATCH, None);
+    rejects(&b.p, "colsum runs over `tok`");
+    let (mut b, x, _) = base();
+    b.segment(Sg::ColumnSum, x, None, SEQ, None);
+    rejects(&b.p, "colsum within `seq`");
+    let (mut b, x, _) = base();
+    let t = b.segments("turn", "turn");
+    b.segment(Sg::ColumnSum, x, None, t, None);
+    rejects(&b.p, "colsum within `turn`");
+
     let (mut b, x, _) = base();
     b.p.loss = Some(x);
     rejects(&b.p, "loss");
@@ -1068,6 +1140,7 @@ fn dump_snapshots_of_hand_built_programs() {
         "segment_softmax_turn_m",
         "segment_log_softmax_seq_m",
         "segment_topk_grp",
+        "segment_colsum_grp_m",
         "quantile",
         "scan_scan_rev_turn",
         "scan_scan",

@@ -210,6 +210,8 @@ fn domain(func: &str, param: &str) -> Option<(f64, f64)> {
         "lo" => (0.6, 0.95),
         "hi" => (1.05, 1.5),
         "c" => (1.5, 3.5),
+        // Σπ² ≥ π², so OTB's energy 1 − 2π + Σπ² stays ≥ 0 (its baseline divides by its sum).
+        "sum_pi_squared" => (0.9, 1.0),
         "cap" => (1.0, 1.6),
         "w"
         | "len"

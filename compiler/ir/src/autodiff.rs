@@ -546,6 +546,22 @@ impl Adjoints<'_> {
                 self.masked(mask, gx)
             }
             SegmentOp::Rank | SegmentOp::TopK => self.konst(0.0, fine),
+            SegmentOp::ColumnSum => {
+                // y_i = Σ_{j ~ i, m_j} x_j, so gx_j = m_j · Σ_{i ~ j} g_i: every token of
+                // the column (masked ones too) sends its cotangent to the unmasked ones.
+                let col = self.push(
+                    Op::Segment {
+                        op: SegmentOp::ColumnSum,
+                        arg: g,
+                        mask: None,
+                        within,
+                        k: None,
+                    },
+                    Elem::F32,
+                    fine,
+                );
+                self.masked(mask, col)
+            }
         }
     }
 

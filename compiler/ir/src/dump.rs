@@ -91,6 +91,7 @@ pub fn segment_name(op: SegmentOp) -> &'static str {
         SegmentOp::LogSoftmax => "log_softmax",
         SegmentOp::Rank => "rank",
         SegmentOp::TopK => "topk",
+        SegmentOp::ColumnSum => "colsum",
     }
 }
 
@@ -242,12 +243,19 @@ fn write_program(p: &Program, s: &mut String) -> std::fmt::Result {
                 grad,
             } => writeln!(
                 s,
-                "  {}: {}[{}]{}{}",
+                "  {}: {}[{}]{}{}{}",
                 i.name,
                 elem(*e),
                 space(p, *sp),
                 default.map(|d| format!(" = {d:?}")).unwrap_or_default(),
-                if *grad { " @grad" } else { "" }
+                if *grad { " @grad" } else { "" },
+                i.channel
+                    .as_ref()
+                    .map(|c| format!(
+                        " <- {}[.., {} of {} = {}]",
+                        c.tensor, c.index, c.axis, c.count
+                    ))
+                    .unwrap_or_default()
             )?,
             InputKind::Ids { space: sp } => writeln!(s, "  {}: id -> {}", i.name, space(p, *sp))?,
         }

@@ -40,6 +40,11 @@
 //!   first), `k` taken as `floor(k)` clamped to `[0, n]`. Masked-out elements rank last and
 //!   are never selected; NaN ranks as the largest value. `Softmax`/`LogSoftmax` give 0
 //!   (with zero gradient) at masked-out elements. Piecewise-constant ops have zero gradient.
+//! * `ColumnSum` takes a `tok` argument and a `within` that is `BATCH` or a `RowGroups`
+//!   space: every token (masked-out ones included) gets the sum of the unmasked tokens at
+//!   its padded position `t` in the rows of its segment, summed in row order (0 when none
+//!   is unmasked). Rows are not re-aligned: position means the padded column. It is linear;
+//!   its adjoint is the unmasked `ColumnSum` of the cotangent, kept at unmasked tokens.
 //! * Scans run in token order within each segment of `within` (which must be `SEQ` or a
 //!   `RowSegments` space); `ScanRev` computes `g_t = x_t + c_t * g_{t+1}` with `g` past the
 //!   end 0; `Shift { offset: k }` gives `y_t = x_{t+k}` or `fill` past the segment's ends.
@@ -148,6 +153,24 @@ pub struct Input {
     pub name: String,
     pub kind: InputKind,
     pub span: SrcSpan,
+    /// Set for one component of a channelled input (`f32[seq, chan]`): the front end
+    /// unrolls the channel axis, so the IR sees `count` ordinary inputs that all read
+    /// columns of one batch tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelSlot>,
+}
+
+/// Which batch tensor and which column of its last (channel) dimension an input reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelSlot {
+    /// The batch tensor (the declared input name, e.g. `rewards`).
+    pub tensor: String,
+    /// The const that sizes the channel axis (e.g. `chan`), for messages.
+    pub axis: String,
+    /// The column this input reads, `0..count`.
+    pub index: u32,
+    /// The channel count the program was compiled with.
+    pub count: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -244,6 +267,11 @@ pub enum SegmentOp {
     Rank,
     /// bool result: in the top `k` of the segment; `k` lives in the `within` space.
     TopK,
+    /// f32 `tok` result: for the token at padded position `t` of row `i`, the sum of the
+    /// argument over the (unmasked) tokens at position `t` of every row in `i`'s `within`
+    /// segment (a `RowGroups` space or `BATCH`). Per-(group, position) statistics such as
+    /// verl's optimal token baseline need it: no declared space has those elements.
+    ColumnSum,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -424,6 +424,15 @@ pub fn schedule(prog: &Program) -> Result<Plan, ScheduleError> {
         };
     }
 
+    sink_levels(
+        prog,
+        &live,
+        &kind,
+        &consumers,
+        &mut level,
+        &mut partial_level,
+    );
+
     // Compact the used levels into phases.
     let mut used: Vec<usize> = Vec::new();
     for id in prog.node_ids().filter(|i| live[i.index()]) {
@@ -626,6 +635,106 @@ pub fn schedule(prog: &Program) -> Result<Plan, ScheduleError> {
     };
     account(prog, &mut plan);
     Ok(plan)
+}
+
+/// Moves work to the latest level its consumers allow, among the levels already used (so no
+/// phase is added): a `tok → batch` partial or a token value that nothing needs before a later
+/// token loop is computed in that loop instead. Then an early loop does only what the next
+/// barrier needs (GRPO's first loop sums rewards per row and nothing else) rather than work
+/// that a later loop must read back from a buffer or recompute.
+fn sink_levels(
+    prog: &Program,
+    live: &[bool],
+    kind: &[Kind],
+    consumers: &[Vec<NodeId>],
+    level: &mut [usize],
+    partial_level: &mut [usize],
+) {
+    let mut used: Vec<usize> = Vec::new();
+    // Row levels with a token loop (elementwise token work) before sinking.
+    let mut tok_loop: Vec<usize> = Vec::new();
+    for id in prog.node_ids().filter(|i| live[i.index()]) {
+        let i = id.index();
+        if matches!(kind[i], Kind::Leaf | Kind::Alias(_)) {
+            continue;
+        }
+        used.push(level[i]);
+        if is_partial_reduce(prog, id) {
+            used.push(partial_level[i]);
+        }
+        let n = prog.node(id);
+        if is_tok(n.space) && step_kind_of(prog, id) == StepKind::Map {
+            tok_loop.push(level[i]);
+        }
+    }
+    used.sort_unstable();
+    used.dedup();
+    let Some(&max_level) = used.last() else {
+        return;
+    };
+    for id in prog.node_ids().rev().filter(|i| live[i.index()]) {
+        let i = id.index();
+        if matches!(kind[i], Kind::Leaf | Kind::Alias(_)) {
+            continue;
+        }
+        let partial = is_partial_reduce(prog, id);
+        let n = prog.node(id);
+        // Only token-loop work moves: elementwise token values and `tok → batch`
+        // partials, plus the global/seq values between such partials and the results.
+        let elementwise_tok = is_tok(n.space) && step_kind_of(prog, id) == StepKind::Map;
+        let small = !row_local(prog, n.space) || n.space == SpaceId::SEQ;
+        if !(partial || elementwise_tok || (small && level[i].is_multiple_of(2))) {
+            continue;
+        }
+        // The latest level every consumer allows: the consumer's own level when it has the
+        // same parity (same phase kind: later in the same phase), else the level before.
+        // A token value nothing reads (a gradient, say) stays: moving it would only move
+        // its operands' reads into a later loop.
+        let mut bound = if elementwise_tok { level[i] } else { max_level };
+        let mut seen = false;
+        let mut stack = vec![id];
+        while let Some(x) = stack.pop() {
+            for &c in &consumers[x.index()] {
+                let cl = match kind[c.index()] {
+                    Kind::Alias(_) => {
+                        stack.push(c);
+                        continue;
+                    }
+                    Kind::Leaf => continue,
+                    _ if is_partial_reduce(prog, c) => partial_level[c.index()],
+                    _ => level[c.index()],
+                };
+                let b = if cl % 2 == level[i] % 2 { cl } else { cl - 1 };
+                bound = if seen { bound.min(b) } else { b };
+                seen = true;
+            }
+        }
+        if partial {
+            // The row part moves to a token loop whose combine level is within the bound.
+            if let Some(&r) = tok_loop
+                .iter()
+                .filter(|&&r| r >= partial_level[i] && r < bound)
+                .max()
+            {
+                partial_level[i] = r;
+                level[i] = r + 1;
+            }
+        } else if elementwise_tok {
+            if let Some(&r) = tok_loop
+                .iter()
+                .filter(|&&r| r >= level[i] && r <= bound)
+                .max()
+            {
+                level[i] = r;
+            }
+        } else if let Some(&g) = used
+            .iter()
+            .filter(|&&g| g % 2 == 0 && g >= level[i] && g <= bound)
+            .max()
+        {
+            level[i] = g;
+        }
+    }
 }
 
 fn grow(rp: &mut RowPhase, s: usize) -> &mut Section {

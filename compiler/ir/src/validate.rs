@@ -311,6 +311,11 @@ fn check_node(prog: &Program, id: NodeId) -> Result<(), ValidateError> {
                 );
             }
             mask_ok(*mask, node.space)?;
+            if *op == SegmentOp::ColumnSum {
+                if let Some(m) = column_sum_problem(prog, node.space, *within) {
+                    return err(here, m);
+                }
+            }
             result(if *op == SegmentOp::TopK {
                 Elem::Bool
             } else {
@@ -440,6 +445,30 @@ fn check_roots(prog: &Program) -> Result<(), ValidateError> {
     Ok(())
 }
 
+/// Why a `ColumnSum` over `space` within `within` is ill-formed, if it is: the argument must
+/// be tokens and `within` a set of whole rows coarser than `seq` (a row group or `BATCH`),
+/// so that "the same padded position in the segment's rows" names a set of tokens.
+pub fn column_sum_problem(prog: &Program, space: SpaceId, within: SpaceId) -> Option<String> {
+    if space != SpaceId::TOK {
+        return Some(format!(
+            "colsum runs over `tok` values, not `{}`",
+            space_name(prog, space)
+        ));
+    }
+    let whole_rows = within == SpaceId::BATCH
+        || matches!(
+            prog.spaces.get(within.index()).map(|s| &s.kind),
+            Some(SpaceKind::RowGroups { .. })
+        );
+    if !whole_rows {
+        return Some(format!(
+            "colsum within `{}`: must be `batch` or an `id[seq]` group space",
+            space_name(prog, within)
+        ));
+    }
+    None
+}
+
 /// All root nodes of a program, in a fixed order.
 pub fn roots(prog: &Program) -> Vec<NodeId> {
     prog.loss
@@ -476,7 +505,11 @@ pub fn differentiable_operand(prog: &Program, id: NodeId, k: usize) -> bool {
         Op::Clamp(..) | Op::Broadcast(_) | Op::Shift { .. } => true,
         Op::Reduce { op, .. } => k == 0 && *op != ReduceOp::Count,
         Op::Segment { op, .. } => {
-            k == 0 && matches!(op, SegmentOp::Softmax | SegmentOp::LogSoftmax)
+            k == 0
+                && matches!(
+                    op,
+                    SegmentOp::Softmax | SegmentOp::LogSoftmax | SegmentOp::ColumnSum
+                )
         }
         Op::Quantile { .. } | Op::StopGrad(_) => false,
         // Operand 0 is the argument, 1 the coef.

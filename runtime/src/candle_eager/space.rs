@@ -483,6 +483,7 @@ impl<'a> Ctx<'a> {
                 }
                 self.tensor_of(s, &y)
             }
+            SegmentOp::ColumnSum => self.column_sum(x, &on, s, within),
             SegmentOp::Softmax | SegmentOp::LogSoftmax => {
                 let xf = self.flat(x, s)?;
                 let xs: Vec<f32> = xf.detach().to_vec1().map_err(cerr)?;
@@ -527,6 +528,42 @@ impl<'a> Ctx<'a> {
                 self.unflat(&y, s)
             }
         }
+    }
+
+    /// `ColumnSum` from candle ops: every token gets a dense key for its (segment, padded
+    /// position) column; `index_add` sums the unmasked tokens of each column (in token, i.e.
+    /// row, order) and `index_select` hands the sums back, so the gradient flows through both.
+    fn column_sum(
+        &self,
+        x: &Tensor,
+        on: &[bool],
+        s: SpaceId,
+        within: SpaceId,
+    ) -> Result<Tensor, RunError> {
+        let seg = self.map(s, within)?;
+        let mut columns: HashMap<(u32, u32), u32> = HashMap::new();
+        let keys: Vec<u32> = seg
+            .iter()
+            .zip(&self.layout.tok_pos)
+            .map(|(&g, &t)| {
+                let next = columns.len() as u32;
+                *columns.entry((g, t)).or_insert(next)
+            })
+            .collect();
+        let xf = self.flat(x, s)?;
+        if keys.is_empty() {
+            return self.unflat(&xf, s);
+        }
+        let on_f: Vec<f64> = on.iter().map(|&b| scalar::from_bool(b)).collect();
+        let on_t = self.dense_t(&on_f)?.ne(0f32).map_err(cerr)?;
+        let zeros = xf.zeros_like().map_err(cerr)?;
+        let xz = on_t.where_cond(&xf, &zeros).map_err(cerr)?;
+        let kt = self.index(keys)?;
+        let y = Tensor::zeros(columns.len(), DType::F32, &self.dev)
+            .and_then(|z| z.index_add(&kt, &xz, 0))
+            .and_then(|sums| sums.index_select(&kt, 0))
+            .map_err(cerr)?;
+        self.unflat(&y, s)
     }
 
     /// Runs of consecutive tokens forming the segments of `within` (scans and shifts).
