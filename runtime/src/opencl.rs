@@ -13,7 +13,7 @@ use opencl3::kernel::{ExecuteKernel, Kernel};
 use opencl3::memory::{Buffer, CL_MEM_COPY_HOST_PTR, CL_MEM_READ_ONLY, CL_MEM_READ_WRITE};
 use opencl3::program::Program as ClProgram;
 use opencl3::types::{cl_float, cl_int, CL_BLOCKING};
-use rlobj_back::cstyle::{self, KernelSource};
+use rlobj_back::cstyle::{self, InputDtype, KernelSource, WriteOptions};
 use rlobj_ir::schedule::{self, IndexArena, Plan};
 use rlobj_ir::{Elem, InputKind, Program, SpaceId};
 use std::collections::HashMap;
@@ -90,10 +90,12 @@ impl OpenClBackend {
         &self.device_name
     }
 
-    /// Builds (or finds) the program's kernels; returns the cache key.
-    fn ensure(&mut self, prog: &Program) -> Result<String, RunError> {
+    /// Builds (or finds) the program's kernels for the input storage types; returns the
+    /// cache key.
+    fn ensure(&mut self, prog: &Program, opts: &WriteOptions) -> Result<String, RunError> {
         let plan = schedule::schedule(prog).map_err(|e| RunError(format!("schedule: {e}")))?;
-        let source = cstyle::write_opencl(prog, &plan).map_err(|e| RunError(e.to_string()))?;
+        let source = cstyle::write(prog, &plan, &rlobj_back::opencl::TARGET, opts)
+            .map_err(|e| RunError(e.to_string()))?;
         let key = source.text.clone();
         if !self.cache.contains_key(&key) {
             let t0 = std::time::Instant::now();
@@ -166,6 +168,19 @@ pub fn host_batch(
     params: &[f64],
     states: &[f64],
 ) -> Result<HostBatch, RunError> {
+    host_batch_except(prog, plan, bound, params, states, &[])
+}
+
+/// [`host_batch`] without the host arrays of the inputs marked in `on_device` (indexed by
+/// input; their entries are `None`): the CUDA path binds those from device storage.
+pub fn host_batch_except(
+    prog: &Program,
+    plan: &Plan,
+    bound: &Bound,
+    params: &[f64],
+    states: &[f64],
+    on_device: &[bool],
+) -> Result<HostBatch, RunError> {
     let layout = &bound.layout;
     let arena = IndexArena::build(prog, plan, layout).map_err(|e| RunError(e.to_string()))?;
     let rows = layout
@@ -183,6 +198,10 @@ pub fn host_batch(
             inputs.push(None);
             continue;
         };
+        if on_device.get(i).copied().unwrap_or(false) {
+            inputs.push(None);
+            continue;
+        }
         let n = layout.size(*space);
         let vals: Vec<f64> = match (bound.values.get(i).and_then(|v| v.as_ref()), default) {
             (Some(v), _) if v.len() == n => v.clone(),
@@ -312,28 +331,47 @@ fn buffer<T>(ctx: &Context, data: &mut [T], write: bool) -> Result<Buffer<T>, Ru
     .map_err(|e| cl_err("allocating a buffer", e))
 }
 
-impl Backend for OpenClBackend {
-    fn name(&self) -> &'static str {
-        "opencl"
-    }
-
-    fn evaluate(
+impl OpenClBackend {
+    /// Evaluates with token/row inputs stored as `dtypes` (indexed by input; missing entries
+    /// are f32): f16 and bf16 inputs are uploaded as their 16-bit patterns and widened to
+    /// f32 by the kernels, so the values seen are the bound values rounded to that type.
+    pub fn evaluate_typed(
         &mut self,
         prog: &Program,
         bound: &Bound,
         params: &[f64],
         states: &[f64],
+        dtypes: &[InputDtype],
     ) -> Result<Evaluation, RunError> {
-        let key = self.ensure(prog)?;
+        let opts = WriteOptions {
+            dtypes: dtypes.to_vec(),
+        };
+        let key = self.ensure(prog, &opts)?;
         let (context, queue) = (&self.context, &self.queue);
         let c = self
             .cache
             .get(&key)
             .ok_or_else(|| RunError("opencl: program cache".into()))?;
         let hb = host_batch(prog, &c.plan, bound, params, states)?;
-        let mut in_bufs: Vec<Buffer<cl_float>> = Vec::new();
-        for mut d in hb.inputs.into_iter().flatten() {
-            in_bufs.push(buffer(context, &mut d, false)?);
+        let mut in_bufs: Vec<InBuf> = Vec::new();
+        for (i, d) in hb.inputs.into_iter().enumerate() {
+            let Some(mut d) = d else { continue };
+            let dt = dtypes.get(i).copied().unwrap_or_default();
+            in_bufs.push(match dt {
+                InputDtype::F32 => InBuf::F32(buffer(context, &mut d, false)?),
+                InputDtype::F16 | InputDtype::BF16 => {
+                    let bits = |x: f32| match dt {
+                        InputDtype::F16 => half::f16::from_f32(x).to_bits(),
+                        _ => half::bf16::from_f32(x).to_bits(),
+                    };
+                    let mut h: Vec<u16> = d.iter().map(|&x| bits(x)).collect();
+                    InBuf::U16(buffer(context, &mut h, false)?)
+                }
+                InputDtype::U8 => {
+                    let mut h: Vec<u8> = d.iter().map(|&x| x as u8).collect();
+                    InBuf::U8(buffer(context, &mut h, false)?)
+                }
+            });
         }
         let mut scal = hb.scal;
         let scal_b = buffer(context, &mut scal, false)?;
@@ -341,19 +379,27 @@ impl Backend for OpenClBackend {
         let idx_b = buffer(context, &mut idx, false)?;
         let mut work = vec![f32::NAN; hb.arena.work_len];
         let work_b = buffer(context, &mut work, true)?;
+        let mut part = vec![f32::NAN; c.source.part_len(&bound.layout)];
+        let part_b = buffer(context, &mut part, true)?;
         let block = self.block;
-        let groups = bound.layout.rows.clamp(1, MAX_GROUPS);
         for (entry, kernel) in c.source.kernels.iter().zip(&c.kernels) {
-            let g = if entry.row { groups } else { 1 };
+            let g = entry.grid.blocks(&bound.layout, MAX_GROUPS);
             let mut ex = ExecuteKernel::new(kernel);
             // SAFETY: argument order and types match the kernel signature written by
-            // `cstyle::W::args` (inputs, scal, idx, work); buffers outlive the launch
+            // `cstyle::W::args` (inputs, scal, idx, work, part); buffers outlive the launch
             // because the queue is finished before they drop.
             unsafe {
                 for b in &in_bufs {
-                    ex.set_arg(b);
+                    match b {
+                        InBuf::F32(b) => ex.set_arg(b),
+                        InBuf::U16(b) => ex.set_arg(b),
+                        InBuf::U8(b) => ex.set_arg(b),
+                    };
                 }
-                ex.set_arg(&scal_b).set_arg(&idx_b).set_arg(&work_b);
+                ex.set_arg(&scal_b)
+                    .set_arg(&idx_b)
+                    .set_arg(&work_b)
+                    .set_arg(&part_b);
                 ex.set_global_work_size(g * block)
                     .set_local_work_size(block)
                     .enqueue_nd_range(queue)
@@ -389,6 +435,29 @@ impl Backend for OpenClBackend {
         }
         extract(prog, &c.plan, bound, &work, states)
     }
+}
+
+impl Backend for OpenClBackend {
+    fn name(&self) -> &'static str {
+        "opencl"
+    }
+
+    fn evaluate(
+        &mut self,
+        prog: &Program,
+        bound: &Bound,
+        params: &[f64],
+        states: &[f64],
+    ) -> Result<Evaluation, RunError> {
+        self.evaluate_typed(prog, bound, params, states, &[])
+    }
+}
+
+/// A device input buffer in its storage type.
+enum InBuf {
+    F32(Buffer<cl_float>),
+    U16(Buffer<u16>),
+    U8(Buffer<u8>),
 }
 
 /// Registry entry for `--backend opencl`.

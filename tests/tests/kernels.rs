@@ -54,6 +54,12 @@ fn compile(path: &Path) -> Result<(Program, Vec<f64>, Vec<f64>), String> {
 
 /// A batch whose rows cycle through empty, length 1, full, ragged prefix and random holes.
 fn edge_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bound {
+    edge_batch(prog, seed, rows, width).0
+}
+
+/// [`edge_bound`] with the mask and id tensors it was laid out from.
+type Ids = Vec<(rlobj_ir::InputId, Vec<i64>)>;
+fn edge_batch(prog: &Program, seed: u64, rows: usize, width: usize) -> (Bound, Vec<bool>, Ids) {
     let mut rng = Rng::new(seed);
     let mut mask = vec![false; rows * width];
     for r in 0..rows {
@@ -89,7 +95,7 @@ fn edge_bound(prog: &Program, seed: u64, rows: usize, width: usize) -> Bound {
             InputKind::Ids { .. } => None,
         })
         .collect();
-    Bound { layout, values }
+    (Bound { layout, values }, mask, ids)
 }
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -458,4 +464,377 @@ fn cuda_catalog_matches_interpreter() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The catalog objective at `objectives/NAME`.
+fn objective(name: &str) -> PathBuf {
+    catalog()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|f| f == name))
+        .unwrap()
+}
+
+/// Value inputs' storage types for a typed run: float token inputs alternate f16 and bf16.
+fn half_dtypes(prog: &Program) -> Vec<rlobj_back::cstyle::InputDtype> {
+    use rlobj_back::cstyle::InputDtype;
+    let mut next_f16 = true;
+    prog.inputs
+        .iter()
+        .map(|inp| match inp.kind {
+            InputKind::Value {
+                elem: Elem::F32,
+                space: rlobj_ir::SpaceId::TOK,
+                ..
+            } => {
+                next_f16 = !next_f16;
+                if next_f16 {
+                    InputDtype::BF16
+                } else {
+                    InputDtype::F16
+                }
+            }
+            _ => InputDtype::F32,
+        })
+        .collect()
+}
+
+/// `bound` with every value rounded to its input's storage type.
+fn rounded(bound: &Bound, dtypes: &[rlobj_back::cstyle::InputDtype]) -> Bound {
+    use rlobj_back::cstyle::InputDtype;
+    let mut b = bound.clone();
+    for (i, v) in b.values.iter_mut().enumerate() {
+        let Some(v) = v else { continue };
+        for x in v.iter_mut() {
+            *x = match dtypes.get(i) {
+                Some(InputDtype::F16) => half::f16::from_f64(*x).to_f64(),
+                Some(InputDtype::BF16) => half::bf16::from_f64(*x).to_f64(),
+                _ => *x,
+            };
+        }
+    }
+    b
+}
+
+/// f16 and bf16 token inputs are read by the kernels as 16-bit data (`vload_half`, bf16
+/// bits << 16) and computed in f32: the result equals the interpreter's on the values
+/// rounded to each type, and is the same whether the host hands over rounded or unrounded
+/// values (the rounding happens in the stored type, not in the kernel).
+#[test]
+fn opencl_reads_f16_and_bf16_inputs() {
+    let Some(mut cl) = opencl() else { return };
+    for name in ["grpo.obj", "ppo.obj", "dapo.obj"] {
+        let (prog, params, states) = compile(&objective(name)).unwrap();
+        let dtypes = half_dtypes(&prog);
+        assert!(
+            dtypes.contains(&rlobj_back::cstyle::InputDtype::F16)
+                && dtypes.contains(&rlobj_back::cstyle::InputDtype::BF16),
+            "{name}: needs two float token inputs"
+        );
+        let bound = edge_bound(&prog, 5, 16, 40);
+        let r = rounded(&bound, &dtypes);
+        assert_ne!(r.values, bound.values, "{name}: rounding changed nothing");
+        let want = Interpreter::new()
+            .evaluate(&prog, &r, &params, &states)
+            .unwrap();
+        let got = cl
+            .evaluate_typed(&prog, &r, &params, &states, &dtypes)
+            .unwrap();
+        compare(&want, &got, REL).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let raw = cl
+            .evaluate_typed(&prog, &bound, &params, &states, &dtypes)
+            .unwrap();
+        assert_eq!(raw, got, "{name}: kernel did not read the 16-bit values");
+    }
+}
+
+/// CUDA text with f16/bf16 inputs includes the half headers and compiles with NVRTC (PTX and
+/// ptxas for sm_80 and sm_90); all-f32 text includes neither header.
+#[test]
+fn nvrtc_compiles_half_inputs() {
+    use rlobj_runtime::nvrtc::{compile_with_cache, ptxas_check, ptxas_path, Output};
+    let (prog, _, _) = compile(&objective("grpo.obj")).unwrap();
+    let plan = rlobj_ir::schedule::schedule(&prog).unwrap();
+    let f32_src = rlobj_back::cstyle::write_cuda(&prog, &plan).unwrap();
+    assert!(!f32_src.text.contains("cuda_fp16.h") && !f32_src.text.contains("cuda_bf16.h"));
+    let opts = rlobj_back::cstyle::WriteOptions {
+        dtypes: half_dtypes(&prog),
+    };
+    let src = rlobj_back::cstyle::write(&prog, &plan, &rlobj_back::cuda::TARGET, &opts).unwrap();
+    assert!(src.text.contains("#include <cuda_fp16.h>"));
+    assert!(src.text.contains("#include <cuda_bf16.h>"));
+    assert!(src.text.contains("__bfloat162float(") && src.text.contains("__half2float("));
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let ptx = compile_with_cache(&src, 80, Output::Ptx, None).unwrap();
+    for arch in [80, 90] {
+        compile_with_cache(&src, arch, Output::Cubin, None).unwrap();
+        if ptxas_path().is_some() {
+            ptxas_check(&ptx.ptx(), arch).unwrap();
+        }
+    }
+}
+
+/// Batch-wide reductions run in two phases (fixed chunks of `cstyle::CHUNK`, then one block
+/// in chunk order): with more rows than one chunk holds, results match the interpreter and
+/// are bit-identical run to run.
+#[test]
+fn opencl_two_phase_batch_reductions() {
+    let Some(mut cl) = opencl() else { return };
+    let chunk = rlobj_back::cstyle::CHUNK as usize;
+    for name in ["gspo.obj", "dpo.obj"] {
+        let (prog, params, states) = compile(&objective(name)).unwrap();
+        let plan = rlobj_ir::schedule::schedule(&prog).unwrap();
+        let src = rlobj_back::cstyle::write_opencl(&prog, &plan).unwrap();
+        assert!(
+            src.kernels
+                .iter()
+                .any(|k| matches!(k.grid, rlobj_back::cstyle::Grid::Chunks(_))),
+            "{name}: no two-phase reduction in the plan"
+        );
+        let bound = edge_bound(&prog, 9, 4 * chunk + 37, 3);
+        assert!(
+            src.part_len(&bound.layout) >= 6,
+            "{name}: fewer than 2 chunks"
+        );
+        let want = Interpreter::new()
+            .evaluate(&prog, &bound, &params, &states)
+            .unwrap();
+        let a = cl.evaluate(&prog, &bound, &params, &states).unwrap();
+        compare(&want, &a, REL).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let b = cl.evaluate(&prog, &bound, &params, &states).unwrap();
+        assert_eq!(a, b, "{name}: not bit-identical run to run");
+    }
+}
+
+/// The block tree at other work-group sizes: 16 (one partial group of 32), 64 and 256 (the
+/// CUDA block size: the cross-group stage that warp 0 does with shuffles on CUDA).
+#[test]
+fn opencl_block_sizes_match_interpreter() {
+    for block in [16usize, 64, 256] {
+        let Some(cl) = opencl() else { return };
+        let mut cl = cl.with_block(block).unwrap();
+        for name in ["grpo.obj", "ppo.obj", "gspo.obj", "siren.obj"] {
+            let (prog, params, states) = compile(&objective(name)).unwrap();
+            let bound = edge_bound(&prog, 2, 16, 300);
+            let want = Interpreter::new()
+                .evaluate(&prog, &bound, &params, &states)
+                .unwrap();
+            let got = cl.evaluate(&prog, &bound, &params, &states).unwrap();
+            compare(&want, &got, REL).unwrap_or_else(|e| panic!("{name}, block {block}: {e}"));
+        }
+    }
+}
+
+/// Launch tests on a GPU (feature `cuda`; see docs/cuda.md for the one command).
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use candle_core::{DType, Device, Tensor, Var};
+    use rlobj_ir::{SpaceId, SpaceKind};
+
+    /// The batch of [`edge_batch`] as named candle tensors on `dev` (value inputs in `dt`
+    /// for float token inputs, f32 otherwise), plus which are `@grad`.
+    fn tensors(
+        prog: &Program,
+        seed: u64,
+        rows: usize,
+        width: usize,
+        dev: &Device,
+        dt: DType,
+    ) -> (Bound, Vec<(String, Tensor, bool)>) {
+        let (bound, mask, ids) = edge_batch(prog, seed, rows, width);
+        let l = &bound.layout;
+        let mut out = Vec::new();
+        let m: Vec<f32> = mask.iter().map(|&v| f32::from(u8::from(v))).collect();
+        out.push((
+            "mask".to_string(),
+            Tensor::from_vec(m, (rows, width), dev).unwrap(),
+            false,
+        ));
+        let tok_row = l.map(prog, SpaceId::TOK, SpaceId::SEQ).unwrap_or_default();
+        for (i, inp) in prog.inputs.iter().enumerate() {
+            match &inp.kind {
+                InputKind::Ids { space } => {
+                    let v = ids.iter().find(|(k, _)| k.index() == i).unwrap().1.clone();
+                    let shape =
+                        if matches!(prog.spaces[space.index()].kind, SpaceKind::RowGroups { .. }) {
+                            vec![rows]
+                        } else {
+                            vec![rows, width]
+                        };
+                    out.push((
+                        inp.name.clone(),
+                        Tensor::from_vec(v, shape, dev).unwrap(),
+                        false,
+                    ));
+                }
+                InputKind::Value {
+                    space, grad, elem, ..
+                } => {
+                    let v = bound.values[i].as_ref().unwrap();
+                    let kind = &prog.spaces[space.index()].kind;
+                    let (data, shape): (Vec<f32>, Vec<usize>) = match kind {
+                        SpaceKind::Batch => (vec![v[0] as f32], vec![]),
+                        SpaceKind::Seq => (v.iter().map(|&x| x as f32).collect(), vec![rows]),
+                        SpaceKind::RowGroups { .. } => {
+                            let map = l.map(prog, SpaceId::SEQ, *space).unwrap();
+                            (
+                                map.iter().map(|&g| v[g as usize] as f32).collect(),
+                                vec![rows],
+                            )
+                        }
+                        SpaceKind::Tok | SpaceKind::RowSegments { .. } => {
+                            let map = l
+                                .map(prog, SpaceId::TOK, *space)
+                                .unwrap_or_else(|| (0..v.len() as u32).collect());
+                            let mut d = vec![0f32; rows * width];
+                            for k in 0..l.size(SpaceId::TOK) {
+                                d[tok_row[k] as usize * width + l.tok_pos[k] as usize] =
+                                    v[map[k] as usize] as f32;
+                            }
+                            (d, vec![rows, width])
+                        }
+                    };
+                    let t = Tensor::from_vec(data, shape, dev).unwrap();
+                    let t = if *space == SpaceId::TOK && *elem == Elem::F32 {
+                        t.to_dtype(dt).unwrap()
+                    } else {
+                        t
+                    };
+                    out.push((inp.name.clone(), t, *grad));
+                }
+            }
+        }
+        (bound, out)
+    }
+
+    /// The candle op on CUDA tensors: loss equals the interpreter's, and `loss.backward()`
+    /// gives the compiled gradient (what `rlobj run` reports) at valid tokens, 0 at padding.
+    fn op_parity(path: &Path, dev: &Device, dt: DType, rel: f64) -> Result<(), String> {
+        let obj = rlobj_runtime::api::Objective::compile(path).map_err(|e| format!("{e:?}"))?;
+        let prog = obj.program().clone();
+        if prog.grads.is_empty() || prog.loss.is_none() {
+            return Ok(());
+        }
+        let (_, named) = tensors(&prog, 3, 37, 129, dev, dt);
+        let vars: Vec<(String, Var)> = named
+            .iter()
+            .filter(|x| x.2)
+            .map(|(n, t, _)| (n.clone(), Var::from_tensor(t).unwrap()))
+            .collect();
+        let mut ts: Vec<(&str, &Tensor)> = named
+            .iter()
+            .filter(|x| !x.2)
+            .map(|(n, t, _)| (n.as_str(), t))
+            .collect();
+        for (n, v) in &vars {
+            ts.push((n.as_str(), v.as_tensor()));
+        }
+        // The interpreter sees the values the GPU sees (rounded to `dt`), bound on the host.
+        let bound = rlobj_runtime::batch::bind_tensors(&prog, &ts).map_err(|e| e.0)?;
+        let want = Interpreter::new()
+            .evaluate(&prog, &bound, obj.params(), obj.states())
+            .map_err(|e| e.0)?;
+        let cpu = std::sync::Arc::new(
+            rlobj_runtime::cpu::CpuProgram::compile(&prog, false).map_err(|e| e.0)?,
+        );
+        let loss = rlobj_runtime::candle_op::objective_loss(cpu, &ts, obj.params(), obj.states())
+            .map_err(|e| e.0)?;
+        let grads = loss.backward().map_err(|e| e.to_string())?;
+        let lv = f64::from(
+            loss.to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        );
+        let wl = want.loss.unwrap();
+        if !close(lv, wl, rel) {
+            return Err(format!("loss {lv} vs {wl}"));
+        }
+        let l = &bound.layout;
+        for (i, wg) in &want.grads {
+            let name = &prog.inputs[i.index()].name;
+            let var = &vars.iter().find(|(n, _)| n == name).unwrap().1;
+            let g: Vec<f32> = grads
+                .get(var.as_tensor())
+                .ok_or(format!("no gradient for `{name}`"))?
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = wg.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+            if g.len() == l.rows * l.width && wg.len() == l.size(SpaceId::TOK) {
+                for r in 0..l.rows {
+                    for k in l.row_start[r]..l.row_start[r + 1] {
+                        let got = f64::from(g[r * l.width + l.tok_pos[k] as usize]);
+                        if (got - wg[k]).abs() > rel * scale {
+                            return Err(format!("d/d{name}[{k}]: {got} vs {}", wg[k]));
+                        }
+                    }
+                }
+            } else {
+                for (k, (a, b)) in g.iter().zip(wg).enumerate() {
+                    if (f64::from(*a) - b).abs() > rel * scale {
+                        return Err(format!("d/d{name}[{k}]: {a} vs {b}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward of the op on CUDA == the interpreter's gradients, for every catalog
+    /// objective with a `@grad` input (f32 inputs), and for bf16/f16 token inputs on three
+    /// (tolerances of the gradient's dtype).
+    #[test]
+    #[ignore = "needs a GPU and --features cuda (docs/cuda.md)"]
+    fn cuda_op_backward_equals_run_gradients() {
+        let dev = Device::new_cuda(0).unwrap();
+        let mut failures = Vec::new();
+        for path in catalog() {
+            if let Err(e) = op_parity(&path, &dev, DType::F32, 1e-4) {
+                failures.push(format!("{}: f32: {e}", path.display()));
+            }
+        }
+        for name in ["grpo.obj", "ppo.obj", "dapo.obj"] {
+            // The gradient comes back in the input's dtype: a few units of its precision
+            // (bf16 keeps 8 bits, f16 11), relative to the largest entry.
+            for (dt, rel) in [(DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+                if let Err(e) = op_parity(&objective(name), &dev, dt, rel) {
+                    failures.push(format!("{name}: {dt:?}: {e}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Achieved bandwidth of the fused kernels on a large batch against the plan's bytes
+    /// (printed; the figure to compare with the device's peak). Inputs stay on the device.
+    #[test]
+    #[ignore = "needs a GPU and --features cuda (docs/cuda.md)"]
+    fn cuda_bandwidth() {
+        let dev = Device::new_cuda(0).unwrap();
+        let (rows, width) = (512usize, 4096usize);
+        for name in ["grpo.obj", "ppo.obj", "dapo.obj", "gspo.obj"] {
+            let (prog, params, states) = compile(&objective(name)).unwrap();
+            let plan = rlobj_ir::schedule::schedule(&prog).unwrap();
+            let (bound, named) = tensors(&prog, 11, rows, width, &dev, DType::F32);
+            let ts: Vec<(&str, &Tensor)> = named.iter().map(|(n, t, _)| (n.as_str(), t)).collect();
+            let e = rlobj_runtime::cuda::evaluate_tensors(&prog, &ts, &params, &states).unwrap();
+            let secs =
+                rlobj_runtime::cuda::time_launches(&prog, &ts, &params, &states, 20).unwrap();
+            let ntok = bound.layout.size(SpaceId::TOK);
+            let bytes = plan.bytes_per_token as f64 * ntok as f64;
+            eprintln!(
+                "{name}: {rows}x{width} ({ntok} tokens): kernels {:.3} ms, {} B/token, {:.1} GB/s; loss {}",
+                secs * 1e3,
+                plan.bytes_per_token,
+                bytes / secs / 1e9,
+                e.loss.to_scalar::<f32>().unwrap()
+            );
+        }
+    }
 }

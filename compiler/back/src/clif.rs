@@ -98,6 +98,8 @@ pub struct Jit {
     ctx: Context,
     fctx: FunctionBuilderContext,
     pow: FuncId,
+    /// The host has FMA (see [`crate::math::Emit::fma`]).
+    fma: bool,
     ids: Vec<FuncId>,
     text: Option<Vec<String>>,
 }
@@ -127,6 +129,10 @@ impl Jit {
         let isa = isa_builder
             .finish(settings::Flags::new(flags))
             .map_err(err)?;
+        let fma = isa
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         jb.symbol("rlobj_powf", rlobj_powf as *const u8);
         let mut module = JITModule::new(jb);
@@ -143,6 +149,7 @@ impl Jit {
             ctx,
             fctx: FunctionBuilderContext::new(),
             pow,
+            fma,
             ids: Vec::new(),
             text: keep_text.then(Vec::new),
         })
@@ -173,6 +180,7 @@ impl Jit {
                 b,
                 ptr,
                 pow: pow_ref,
+                fma: self.fma,
             };
             t.translate()?;
             t.b.finalize(self.module.target_config());
@@ -180,9 +188,16 @@ impl Jit {
         if let Some(text) = &mut self.text {
             text.push(format!("; {name}\n{}", self.ctx.func.display()));
         }
+        self.ctx.set_disasm(self.text.is_some());
         self.module
             .define_function(id, &mut self.ctx)
             .map_err(|e| ClifError(format!("{name}: {e:?}")))?;
+        if let Some(text) = &mut self.text {
+            // The machine code after register allocation (shows spills and hoisting).
+            if let Some(vcode) = self.ctx.compiled_code().and_then(|c| c.vcode.clone()) {
+                text.push(format!("; {name}: machine code\n{vcode}"));
+            }
+        }
         self.module.clear_context(&mut self.ctx);
         self.ids.push(id);
         Ok(self.ids.len() - 1)
@@ -214,6 +229,7 @@ struct Translator<'a, 'f> {
     b: FunctionBuilder<'f>,
     ptr: Type,
     pow: cranelift_codegen::ir::FuncRef,
+    fma: bool,
 }
 
 /// Values hoisted into the entry block.
@@ -435,7 +451,7 @@ impl Translator<'_, '_> {
                 None => None,
             };
             let cur = self.b.use_var(*var);
-            let mut e = Emit::new(&mut self.b, ty);
+            let mut e = Emit::with_fma(&mut self.b, ty, self.fma);
             let x = match a.kind {
                 AccKind::Count => e.c(1.0),
                 _ => get(&vals, a.value)?,
@@ -485,7 +501,7 @@ impl Translator<'_, '_> {
         };
         let node = self.prog.node(id);
         let pow = self.pow;
-        let mut e = Emit::new(&mut self.b, ty);
+        let mut e = Emit::with_fma(&mut self.b, ty, self.fma);
         Ok(match &node.op {
             Op::Const(c) => e.c(*c as f32),
             Op::Unary(u, a) => {
@@ -557,18 +573,10 @@ impl Translator<'_, '_> {
                     BinaryOp::Ge => e.cmp_f(FloatCC::GreaterThanOrEqual, a, b),
                     BinaryOp::Eq => e.cmp_f(FloatCC::Equal, a, b),
                     BinaryOp::Ne => e.cmp_f(FloatCC::NotEqual, a, b),
-                    BinaryOp::And => {
+                    BinaryOp::And | BinaryOp::Or => {
                         let ta = e.truthy(a);
-                        let zero = e.c(0.0);
-                        let bb = e.cmp_f(FloatCC::NotEqual, b, zero);
-                        e.sel(ta, bb, zero)
-                    }
-                    BinaryOp::Or => {
-                        let ta = e.truthy(a);
-                        let zero = e.c(0.0);
-                        let one = e.c(1.0);
-                        let bb = e.cmp_f(FloatCC::NotEqual, b, zero);
-                        e.sel(ta, one, bb)
+                        let tb = e.truthy(b);
+                        e.and_or(ta, tb, *op == BinaryOp::Or)
                     }
                 }
             }

@@ -1,19 +1,22 @@
 //! # One C-style kernel writer for CUDA and OpenCL
 //!
 //! Writes the kernels of a [`Plan`] once; targets differ only by the [`Target`] table
-//! (`cuda.rs`, `opencl.rs`: qualifiers, index spellings, barriers, half loads), as in
-//! tinygrad's `cstyle` renderer. Every phase of the plan becomes one kernel `rlobj_p{N}`:
+//! (`cuda.rs`, `opencl.rs`: qualifiers, index spellings, barriers, warp shuffles or
+//! `__local` trees, half loads), as in tinygrad's `cstyle` renderer. Every phase of the plan
+//! becomes one kernel `rlobj_p{N}` (or `rlobj_p{N}_{k}` when a phase needs several):
 //!
 //! * row phases: one block per row (grid-stride over rows), block-strided token loops,
-//!   block tree reductions in shared memory (fixed order: bitwise reproducible), row steps
-//!   (scans by one thread, segment ops block-cooperative);
+//!   block reductions by a fixed tree (bitwise reproducible), row steps (scans by one
+//!   thread, segment ops block-cooperative);
 //! * global phases: one block running steps with a barrier between them, per-row partial
-//!   accumulators combined in row order (no float atomics anywhere).
+//!   accumulators combined in row order; a batch-wide reduction runs in two phases (many
+//!   blocks over fixed chunks, then one block over the partials). No float atomics.
 //!
-//! All kernels take the same arguments: every value input (`in{i}`, in input order), the
-//! scalars `scal` (params then states), the integer arena `idx` (see
-//! [`rlobj_ir::schedule::IndexArena`]) and the float work arena `work`. `rlobj_scatter`
-//! copies a compact tok buffer into a padded `[B, T]` tensor (for the candle path).
+//! All kernels take the same arguments: every value input (`in{i}`, in input order, in its
+//! storage type), the scalars `scal` (params then states), the integer arena `idx` (see
+//! [`rlobj_ir::schedule::IndexArena`]), the float work arena `work` and the two-phase
+//! scratch `part` ([`KernelSource::part_len`]). `rlobj_scatter` copies a compact tok buffer
+//! into a padded `[B, T]` tensor (for the candle path).
 //!
 //! NaN/min/max follow `rlobj_ir::scalar` (compare + select, NaN propagates); bools are
 //! floats `0`/`1`. Each node's line carries a `// %N ... @file:start..end` comment and
@@ -23,11 +26,14 @@ use rlobj_ir::schedule::{
     header, BufferKind, IndexArray, Phase, Plan, Role, Section, Step, StepKind,
 };
 use rlobj_ir::{
-    BinaryOp, Elem, InputKind, NodeId, Op, Program, ReduceOp, ScanOp, SegmentOp, SpaceId, SrcSpan,
-    Structural, UnaryOp,
+    BinaryOp, Elem, InputKind, Layout, NodeId, Op, Program, ReduceOp, ScanOp, SegmentOp, SpaceId,
+    SrcSpan, Structural, UnaryOp,
 };
 use std::collections::HashSet;
 use std::fmt::Write as _;
+
+mod helpers;
+use helpers::HELPERS;
 
 /// Threads per block (work-group) of every kernel.
 pub const BLOCK: u32 = 256;
@@ -53,7 +59,7 @@ pub struct Target {
 }
 
 /// Storage type of an input tensor as the kernel reads it (computation is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum InputDtype {
     #[default]
     F32,
@@ -68,13 +74,40 @@ pub struct WriteOptions {
     pub dtypes: Vec<InputDtype>,
 }
 
+/// Elements per block in phase 1 of a two-phase batch reduction: fixed, so the partials
+/// (and the result) do not depend on how many blocks are launched.
+pub const CHUNK: u32 = 4 * BLOCK;
+
+/// How many blocks a kernel is launched with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// Row phase: one block per row (rows are grid-strided, so fewer blocks also work).
+    Rows,
+    /// Global phase: exactly one block.
+    One,
+    /// Phase 1 of a two-phase batch reduction over `space`: one block per [`CHUNK`]
+    /// elements (chunks are grid-strided, so fewer blocks also work).
+    Chunks(SpaceId),
+}
+
+impl Grid {
+    /// Blocks to launch for a batch, capped at `max` (kernels grid-stride past the cap).
+    pub fn blocks(self, layout: &Layout, max: usize) -> usize {
+        let n = match self {
+            Grid::Rows => layout.rows,
+            Grid::One => 1,
+            Grid::Chunks(s) => layout.size(s).div_ceil(CHUNK as usize),
+        };
+        n.clamp(1, max.max(1))
+    }
+}
+
 /// One kernel of the source, in launch order (a global phase may be several kernels).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelEntry {
     pub name: String,
     pub phase: usize,
-    /// Row phase (launch one block per row) or global phase (launch one block).
-    pub row: bool,
+    pub grid: Grid,
 }
 
 /// Generated kernel text and what a launcher needs to know about it.
@@ -88,6 +121,18 @@ pub struct KernelSource {
 }
 
 impl KernelSource {
+    /// Floats of the `part` argument a batch needs: three per phase-1 chunk of the largest
+    /// two-phase reduction (at least 3, so the buffer is never empty).
+    pub fn part_len(&self, layout: &Layout) -> usize {
+        self.kernels
+            .iter()
+            .filter_map(|k| match k.grid {
+                Grid::Chunks(s) => Some(3 * layout.size(s).div_ceil(CHUNK as usize)),
+                _ => None,
+            })
+            .fold(3, usize::max)
+    }
+
     /// The node whose code is at (or closest above) a 1-based line of `text`.
     pub fn node_at_line(&self, line: u32) -> Option<(NodeId, SrcSpan)> {
         self.lines
@@ -158,104 +203,6 @@ pub fn write(prog: &Program, plan: &Plan, t: &Target, opts: &WriteOptions) -> R<
     })
 }
 
-const HELPERS: &str = r#"DEVICE float rl_min(float a, float b) { return (a != a || b != b) ? RL_NAN : (b < a ? b : a); }
-DEVICE float rl_max(float a, float b) { return (a != a || b != b) ? RL_NAN : (b > a ? b : a); }
-DEVICE float rl_sign(float x) { return x != x ? x : (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f)); }
-DEVICE float rl_sigmoid(float x) {
-  if (x >= 0.0f) return 1.0f / (1.0f + exp(-x));
-  float e = exp(x);
-  return e / (1.0f + e);
-}
-DEVICE float rl_softplus(float x) {
-  if (x != x) return x;
-  return (x > 0.0f ? x : 0.0f) + log1p(exp(-fabs(x)));
-}
-/* Accumulators (n, a, b): op 0 sum, 1 max, 2 min, 3 mean/M2 (Welford), 4 logsumexp. */
-DEVICE void rl_acc_add(int op, float* n, float* a, float* b, float x) {
-  if (op == 0) { *a += x; }
-  else if (op == 1) { *a = (*n == 0.0f) ? x : rl_max(*a, x); }
-  else if (op == 2) { *a = (*n == 0.0f) ? x : rl_min(*a, x); }
-  else if (op == 3) { float d = x - *a; *a += d / (*n + 1.0f); *b += d * (x - *a); }
-  else if (*n == 0.0f) { *a = x; *b = 1.0f; }
-  else {
-    float m = rl_max(*a, x);
-    *b = *b * (*a == m ? 1.0f : exp(*a - m)) + (x == m ? 1.0f : exp(x - m));
-    *a = m;
-  }
-  *n += 1.0f;
-}
-DEVICE void rl_acc_combine(int op, float* n, float* a, float* b, float n2, float a2, float b2) {
-  if (n2 == 0.0f) return;
-  if (*n == 0.0f) { *n = n2; *a = a2; *b = b2; return; }
-  if (op == 0) { *a += a2; }
-  else if (op == 1) { *a = rl_max(*a, a2); }
-  else if (op == 2) { *a = rl_min(*a, a2); }
-  else if (op == 3) {
-    float nt = *n + n2;
-    float d = a2 - *a;
-    *a += d * (n2 / nt);
-    *b += b2 + d * d * (*n * n2 / nt);
-  } else {
-    float m = rl_max(*a, a2);
-    *b = *b * (*a == m ? 1.0f : exp(*a - m)) + b2 * (a2 == m ? 1.0f : exp(a2 - m));
-    *a = m;
-  }
-  *n += n2;
-}
-/* Deterministic tree reduction over the block; the result is left in red[0], red[RL_BLOCK],
- * red[2 * RL_BLOCK]. Outputs go through shared memory, not pointers to private variables:
- * CPU OpenCL compilers do not keep address-taken privates across barriers reliably. */
-DEVICE void rl_block_reduce(int op, LOCAL_PTR float* red, float n, float a, float b) {
-  const int tid = LOCAL_ID;
-  red[tid] = n; red[RL_BLOCK + tid] = a; red[2 * RL_BLOCK + tid] = b;
-  BARRIER();
-#if RL_TREE_REDUCE
-  for (int s = LOCAL_SIZE / 2; s > 0; s >>= 1) {
-    if (tid < s) {
-      float n1 = red[tid], a1 = red[RL_BLOCK + tid], b1 = red[2 * RL_BLOCK + tid];
-      rl_acc_combine(op, &n1, &a1, &b1, red[tid + s], red[RL_BLOCK + tid + s], red[2 * RL_BLOCK + tid + s]);
-      red[tid] = n1; red[RL_BLOCK + tid] = a1; red[2 * RL_BLOCK + tid] = b1;
-    }
-    BARRIER();
-  }
-#else
-  /* One thread folds the partials in order (CPU devices: barriers in loops are costly). */
-  if (tid == 0) {
-    float n1 = red[0], a1 = red[RL_BLOCK], b1 = red[2 * RL_BLOCK];
-    for (int s = 1; s < LOCAL_SIZE; ++s) rl_acc_combine(op, &n1, &a1, &b1, red[s], red[RL_BLOCK + s], red[2 * RL_BLOCK + s]);
-    red[0] = n1; red[RL_BLOCK] = a1; red[2 * RL_BLOCK] = b1;
-  }
-  BARRIER();
-#endif
-}
-#define RL_REDUCE(op, n, a, b) { rl_block_reduce(op, red, n, a, b); n = red[0]; a = red[RL_BLOCK]; b = red[2 * RL_BLOCK]; BARRIER(); }
-/* kind: 0 sum, 1 mean, 2 max, 3 min, 4 count, 5 var, 6 std, 7 logsumexp. */
-DEVICE float rl_finish(int kind, float n, float a, float b, float ddof, float empty) {
-  if (n == 0.0f) return empty;
-  if (kind == 1) return a / n;
-  if (kind == 4) return n;
-  if (kind == 5 || kind == 6) {
-    if (n - ddof <= 0.0f) return empty;
-    float v = b / (n - ddof);
-    return kind == 6 ? sqrt(v) : v;
-  }
-  if (kind == 7) return a + log(b);
-  return a;
-}
-/* Ascending order of rlobj_ir::scalar::order_key: NaN above +inf, ties by position. */
-DEVICE int rl_before(float xj, int j, float xi, int i) {
-  int nj = xj != xj, ni = xi != xi;
-  if (nj || ni) return (nj && ni) ? (j < i) : ni;
-  return (xj < xi) || (xj == xi && j < i);
-}
-/* Descending by value (NaN largest), ties by position. */
-DEVICE int rl_before_desc(float xj, int j, float xi, int i) {
-  int nj = xj != xj, ni = xi != xi;
-  if (nj || ni) return (nj && ni) ? (j < i) : nj;
-  return (xj > xi) || (xj == xi && j < i);
-}
-"#;
-
 /// Index context: which element of which space the code is at.
 #[derive(Clone, Debug)]
 struct Ctx {
@@ -279,6 +226,15 @@ impl Ctx {
     fn var(&self) -> &str {
         &self.known[0].1
     }
+}
+
+/// What a global-phase kernel runs: a run of steps `[a, b)`, or phase 1 / phase 2 of the
+/// two-phase reduction at step `a`.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    Steps(usize, usize),
+    Partials(usize),
+    Finish(usize),
 }
 
 struct W<'a> {
@@ -586,6 +542,7 @@ impl<'a> W<'a> {
         }
         self.out.push_str(self.t.prelude);
         let _ = writeln!(self.out, "#define RL_BLOCK {BLOCK}");
+        let _ = writeln!(self.out, "#define RL_CHUNK {CHUNK}");
         self.out.push_str(HELPERS);
         self.line = 1 + self.out.matches('\n').count() as u32;
         for p in 0..self.plan.phases.len() {
@@ -611,6 +568,7 @@ impl<'a> W<'a> {
         a.push("GLOBAL const float* scal".into());
         a.push("GLOBAL const int* idx".into());
         a.push("GLOBAL float* work".into());
+        a.push("GLOBAL float* part".into());
         a.join(", ")
     }
 
@@ -639,7 +597,7 @@ impl<'a> W<'a> {
                 header::buffer_offset(ns, ni, b)
             ));
         }
-        self.ln("(void)tid; (void)NT; (void)T; (void)scal; (void)red; (void)shq;");
+        self.ln("(void)tid; (void)NT; (void)T; (void)scal; (void)red; (void)shq; (void)part;");
     }
 
     fn close_kernel(&mut self) {
@@ -655,7 +613,7 @@ impl<'a> W<'a> {
                 self.entries.push(KernelEntry {
                     name,
                     phase: p,
-                    row: true,
+                    grid: Grid::Rows,
                 });
                 let rs = self.ix(IndexArray::CsrOffsets {
                     fine: SpaceId::TOK,
@@ -681,54 +639,177 @@ impl<'a> W<'a> {
                 self.close_kernel();
             }
             Phase::Global(gp) => {
-                // Consecutive elementwise steps over one space share a loop and a barrier.
-                let steps = &gp.steps;
-                let mut chunks: Vec<(usize, usize)> = Vec::new();
-                let mut i = 0;
-                while i < steps.len() {
-                    let sp = self.prog.node(steps[i].node).space;
-                    let mut j = i;
-                    while j < steps.len()
-                        && steps[j].kind == StepKind::Map
-                        && self.prog.node(steps[j].node).space == sp
-                    {
-                        j += 1;
-                    }
-                    let j = j.max(i + 1);
-                    chunks.push((i, j));
-                    i = j;
-                }
-                // Split targets launch one kernel per chunk (kernel boundaries replace the
-                // barriers, which CPU OpenCL compilers handle slowly inside loops).
-                let groups: Vec<Vec<(usize, usize)>> = if self.t.split_global {
-                    chunks.iter().map(|c| vec![*c]).collect()
-                } else {
-                    vec![chunks]
-                };
-                let n_groups = groups.len();
-                for (g, group) in groups.into_iter().enumerate() {
-                    let name = if n_groups == 1 {
-                        format!("rlobj_p{p}")
-                    } else {
+                let kernels = self.global_kernels(&gp.steps);
+                let many = kernels.len() > 1;
+                for (g, (grid, pieces)) in kernels.into_iter().enumerate() {
+                    let name = if many {
                         format!("rlobj_p{p}_{g}")
+                    } else {
+                        format!("rlobj_p{p}")
                     };
                     self.open_kernel(&name);
                     self.entries.push(KernelEntry {
                         name,
                         phase: p,
-                        row: false,
+                        grid,
                     });
-                    self.ln("if (GROUP_ID != 0) return;");
-                    for (a, b) in group {
-                        if b > a + 1 {
-                            self.map_run(&steps[a..b])?;
-                        } else {
-                            self.step(steps[a], false)?;
+                    if grid == Grid::One {
+                        self.ln("if (GROUP_ID != 0) return;");
+                    }
+                    for piece in pieces {
+                        match piece {
+                            Piece::Steps(a, b) if b > a + 1 => self.map_run(&gp.steps[a..b])?,
+                            Piece::Steps(a, _) => self.step(gp.steps[a], false)?,
+                            Piece::Partials(a) => self.two_phase(gp.steps[a].node, true)?,
+                            Piece::Finish(a) => self.two_phase(gp.steps[a].node, false)?,
                         }
                     }
                     self.close_kernel();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Whether a global step is a batch-wide reduction, run in two phases.
+    fn is_two_phase(&self, st: Step) -> bool {
+        st.kind == StepKind::Reduce && self.prog.node(st.node).space == SpaceId::BATCH
+    }
+
+    /// The kernels of a global phase and what each runs. Consecutive elementwise steps over
+    /// one space share a loop; a batch-wide reduction ends the kernel before it, runs its
+    /// phase 1 as a kernel of its own (many blocks) and its phase 2 at the start of the next
+    /// one-block kernel. Split targets also give every other run of steps its own kernel
+    /// (kernel boundaries replace barriers, which CPU OpenCL compilers handle slowly inside
+    /// loops).
+    fn global_kernels(&self, steps: &[Step]) -> Vec<(Grid, Vec<Piece>)> {
+        let mut out: Vec<(Grid, Vec<Piece>)> = Vec::new();
+        let mut i = 0;
+        while i < steps.len() {
+            let piece = if self.is_two_phase(steps[i]) {
+                out.push((
+                    Grid::Chunks(self.reduce_fine(steps[i].node)),
+                    vec![Piece::Partials(i)],
+                ));
+                Piece::Finish(i)
+            } else {
+                let sp = self.prog.node(steps[i].node).space;
+                let mut j = i;
+                while j < steps.len()
+                    && steps[j].kind == StepKind::Map
+                    && self.prog.node(steps[j].node).space == sp
+                {
+                    j += 1;
+                }
+                Piece::Steps(i, j.max(i + 1))
+            };
+            i = match piece {
+                Piece::Steps(_, j) => j,
+                _ => i + 1,
+            };
+            match out.last_mut() {
+                Some((Grid::One, pieces)) if !self.t.split_global => pieces.push(piece),
+                _ => out.push((Grid::One, vec![piece])),
+            }
+        }
+        out
+    }
+
+    /// The space a reduction node reduces over.
+    fn reduce_fine(&self, n: NodeId) -> SpaceId {
+        match &self.prog.node(n).op {
+            Op::Reduce { arg, .. } => self.prog.node(*arg).space,
+            _ => SpaceId::BATCH,
+        }
+    }
+
+    /// A batch-wide reduction in two deterministic phases. Phase 1 (`partials`, many
+    /// blocks): block `c` reduces members `[c * RL_CHUNK, (c + 1) * RL_CHUNK)` to the triple
+    /// `part[3c..3c+3]`. Phase 2 (one block): the partials are folded in chunk order by the
+    /// block tree and finished. No float atomics; the result depends on neither the number
+    /// of blocks nor timing.
+    fn two_phase(&mut self, n: NodeId, partials: bool) -> R<()> {
+        let Op::Reduce { op, empty, .. } = &self.prog.node(n).op else {
+            return Err(werr(Some(n), "two-phase step on a non-reduction"));
+        };
+        let (ac, (kind, ddof), empty) = (acc_op(*op), finish_kind(*op), lit(*empty));
+        let x = self.reduce_fine(n);
+        self.comment(n);
+        self.open_coarse(SpaceId::BATCH, false)?;
+        let mem = self.members(x, SpaceId::BATCH)?;
+        self.ln("const int nch = (m1 - m0 + RL_CHUNK - 1) / RL_CHUNK;");
+        self.ln("float an = 0.0f, aa = 0.0f, ab = 0.0f;");
+        if partials {
+            self.ln("for (int c = GROUP_ID; c < nch; c += NUM_GROUPS) {");
+            self.indent += 1;
+            self.ln("const int c0 = m0 + c * RL_CHUNK;");
+            self.ln("const int c1 = m1 - c0 < RL_CHUNK ? m1 : c0 + RL_CHUNK;");
+            self.ln("an = 0.0f; aa = 0.0f; ab = 0.0f;");
+            self.ln(&format!(
+                "for (int m = c0 + tid; m < c1; m += NT) {{ const int e = {mem}[m];"
+            ));
+            self.indent += 1;
+            self.acc_add(n, x, SpaceId::BATCH, false, false)?;
+            self.close();
+            self.ln(&format!("RL_REDUCE({ac}, an, aa, ab)"));
+            self.ln(
+                "if (tid == 0) { part[3 * c] = an; part[3 * c + 1] = aa; part[3 * c + 2] = ab; }",
+            );
+            self.close();
+        } else {
+            let out = self.buf(n)?;
+            self.ln("for (int c = tid; c < nch; c += NT) {");
+            self.ln(&format!(
+                "  rl_acc_combine({ac}, &an, &aa, &ab, part[3 * c], part[3 * c + 1], part[3 * c + 2]);"
+            ));
+            self.ln("}");
+            self.ln(&format!("RL_REDUCE({ac}, an, aa, ab)"));
+            self.ln(&format!(
+                "if (tid == 0) {out}[y] = rl_finish({kind}, an, aa, ab, {ddof}.0f, {empty});"
+            ));
+        }
+        self.close();
+        self.ln("BARRIER();");
+        Ok(())
+    }
+
+    /// `rl_acc_add` of reduction `n` for the member `e` of `x` (under the element `y` of
+    /// `y_space`); `combine` folds a row partial instead.
+    fn acc_add(
+        &mut self,
+        n: NodeId,
+        x: SpaceId,
+        y_space: SpaceId,
+        in_row: bool,
+        combine: bool,
+    ) -> R<()> {
+        let Op::Reduce { op, arg, mask, .. } = &self.prog.node(n).op else {
+            return Err(werr(Some(n), "accumulating a non-reduction"));
+        };
+        let ac = acc_op(*op);
+        if combine {
+            let pb = self.partial_buf(n)?;
+            self.ln(&format!(
+                "rl_acc_combine({ac}, &an, &aa, &ab, {pb}[3 * e], {pb}[3 * e + 1], {pb}[3 * e + 2]);"
+            ));
+            return Ok(());
+        }
+        let mut ctx = Ctx::new(x, "e").with(y_space, "y");
+        if in_row {
+            ctx = ctx.with(SpaceId::SEQ, "r");
+        }
+        let v = if *op == ReduceOp::Count {
+            "0.0f".into()
+        } else {
+            self.load(*arg, &ctx)?
+        };
+        let add = format!("rl_acc_add({ac}, &an, &aa, &ab, {v});");
+        match mask {
+            Some(mk) => {
+                let mk = self.load(*mk, &ctx)?;
+                self.ln(&format!("if ({mk} != 0.0f) {add}"));
+            }
+            None => self.ln(&add),
         }
         Ok(())
     }
@@ -877,19 +958,26 @@ impl<'a> W<'a> {
             .ok_or_else(|| werr(Some(n), "no partial buffer"))
     }
 
+    /// Offsets and members of the CSR (fine → seq): the elements of `fine` in row `r`.
+    fn row_csr(&self, fine: SpaceId) -> R<(String, String)> {
+        Ok((
+            self.ix(IndexArray::CsrOffsets {
+                fine,
+                coarse: SpaceId::SEQ,
+            })?,
+            self.ix(IndexArray::CsrMembers {
+                fine,
+                coarse: SpaceId::SEQ,
+            })?,
+        ))
+    }
+
     /// Opens a loop over the elements `y` of `coarse` (this row's, in row phases).
     fn open_coarse(&mut self, coarse: SpaceId, in_row: bool) -> R<()> {
         if in_row && coarse == SpaceId::SEQ {
             self.ln("{ const int y = r;");
         } else if in_row {
-            let o = self.ix(IndexArray::CsrOffsets {
-                fine: coarse,
-                coarse: SpaceId::SEQ,
-            })?;
-            let m = self.ix(IndexArray::CsrMembers {
-                fine: coarse,
-                coarse: SpaceId::SEQ,
-            })?;
+            let (o, m) = self.row_csr(coarse)?;
             self.ln(&format!(
                 "for (int ym = {o}[r]; ym < {o}[r + 1]; ++ym) {{ const int y = {m}[ym];"
             ));
@@ -935,14 +1023,7 @@ impl<'a> W<'a> {
                 let out = self.buf(n)?;
                 let x = node.space;
                 if in_row {
-                    let o = self.ix(IndexArray::CsrOffsets {
-                        fine: x,
-                        coarse: SpaceId::SEQ,
-                    })?;
-                    let m = self.ix(IndexArray::CsrMembers {
-                        fine: x,
-                        coarse: SpaceId::SEQ,
-                    })?;
+                    let (o, m) = self.row_csr(x)?;
                     self.ln(&format!(
                         "for (int em = {o}[r] + tid; em < {o}[r + 1]; em += NT) {{ const int e = {m}[em];"
                     ));
@@ -958,18 +1039,14 @@ impl<'a> W<'a> {
                 self.close();
             }
             StepKind::Reduce | StepKind::Combine => {
-                let Op::Reduce {
-                    op,
-                    arg,
-                    mask,
-                    empty,
-                } = &node.op
-                else {
+                let Op::Reduce { op, empty, arg, .. } = &node.op else {
                     return Err(werr(Some(n), "reduce step on a non-reduction"));
                 };
+                let (ac, (kind, ddof), empty) = (acc_op(*op), finish_kind(*op), lit(*empty));
                 let out = self.buf(n)?;
                 let y_space = node.space;
-                let x = if st.kind == StepKind::Combine {
+                let combine = st.kind == StepKind::Combine;
+                let x = if combine {
                     SpaceId::SEQ
                 } else {
                     self.prog.node(*arg).space
@@ -981,34 +1058,11 @@ impl<'a> W<'a> {
                     "for (int m = m0 + tid; m < m1; m += NT) {{ const int e = {mem}[m];"
                 ));
                 self.indent += 1;
-                let ac = acc_op(*op);
-                if st.kind == StepKind::Combine {
-                    let pb = self.partial_buf(n)?;
-                    self.ln(&format!(
-                        "rl_acc_combine({ac}, &an, &aa, &ab, {pb}[3 * e], {pb}[3 * e + 1], {pb}[3 * e + 2]);"
-                    ));
-                } else {
-                    let ctx = elem_ctx(x, "e", Some(y_space));
-                    let v = if *op == ReduceOp::Count {
-                        "0.0f".into()
-                    } else {
-                        self.load(*arg, &ctx)?
-                    };
-                    let add = format!("rl_acc_add({ac}, &an, &aa, &ab, {v});");
-                    match mask {
-                        Some(mk) => {
-                            let mk = self.load(*mk, &ctx)?;
-                            self.ln(&format!("if ({mk} != 0.0f) {add}"));
-                        }
-                        None => self.ln(&add),
-                    }
-                }
+                self.acc_add(n, x, y_space, in_row, combine)?;
                 self.close();
-                let (kind, ddof) = finish_kind(*op);
                 self.ln(&format!("RL_REDUCE({ac}, an, aa, ab)"));
                 self.ln(&format!(
-                    "if (tid == 0) {out}[y] = rl_finish({kind}, an, aa, ab, {ddof}.0f, {});",
-                    lit(*empty)
+                    "if (tid == 0) {out}[y] = rl_finish({kind}, an, aa, ab, {ddof}.0f, {empty});"
                 ));
                 self.close();
             }
@@ -1050,6 +1104,46 @@ impl<'a> W<'a> {
         Ok(())
     }
 
+    /// Context of member `var` of an `x` element under the current `y` (and row `r`).
+    fn member_ctx(x: SpaceId, y_space: SpaceId, var: &str, in_row: bool) -> Ctx {
+        let mut c = Ctx::new(x, var).with(y_space, "y");
+        if in_row {
+            c = c.with(SpaceId::SEQ, "r");
+        }
+        c
+    }
+
+    /// Opens the loop over `y_space` for a segment/quantile step over the members of `arg`;
+    /// returns the member array and the loads `[x(e), x(ej), on(e), on(ej)]` (`on` is the
+    /// mask test, `1` without a mask).
+    fn open_members(
+        &mut self,
+        arg: NodeId,
+        mask: Option<NodeId>,
+        y_space: SpaceId,
+        in_row: bool,
+    ) -> R<(String, [String; 4])> {
+        let x = self.prog.node(arg).space;
+        let on = |w: &Self, var: &str| -> R<String> {
+            match mask {
+                Some(m) => Ok(format!(
+                    "({} != 0.0f)",
+                    w.load(m, &Self::member_ctx(x, y_space, var, in_row))?
+                )),
+                None => Ok("1".into()),
+            }
+        };
+        self.open_coarse(y_space, in_row)?;
+        let mem = self.members(x, y_space)?;
+        let loads = [
+            self.load(arg, &Self::member_ctx(x, y_space, "e", in_row))?,
+            self.load(arg, &Self::member_ctx(x, y_space, "ej", in_row))?,
+            on(self, "e")?,
+            on(self, "ej")?,
+        ];
+        Ok((mem, loads))
+    }
+
     fn segment_step(&mut self, n: NodeId, in_row: bool) -> R<()> {
         let node = self.prog.node(n);
         let Op::Segment {
@@ -1062,29 +1156,13 @@ impl<'a> W<'a> {
         else {
             return Err(werr(Some(n), "segment step on a non-segment op"));
         };
+        if *op == SegmentOp::ColumnSum {
+            return self.column_sum_step(n, *arg, *mask, *within, in_row);
+        }
         let out = self.buf(n)?;
         let x = self.prog.node(*arg).space;
-        let ctx_of = |var: &str| {
-            let mut c = Ctx::new(x, var).with(*within, "y");
-            if in_row {
-                c = c.with(SpaceId::SEQ, "r");
-            }
-            c
-        };
-        let on = |w: &Self, var: &str| -> R<String> {
-            match mask {
-                Some(m) => Ok(format!("({} != 0.0f)", w.load(*m, &ctx_of(var))?)),
-                None => Ok("1".into()),
-            }
-        };
-        self.open_coarse(*within, in_row)?;
-        let mem = self.members(x, *within)?;
-        let (xe, xj, one, onj) = (
-            self.load(*arg, &ctx_of("e"))?,
-            self.load(*arg, &ctx_of("ej"))?,
-            on(self, "e")?,
-            on(self, "ej")?,
-        );
+        let ctx_of = |var: &str| Self::member_ctx(x, *within, var, in_row);
+        let (mem, [xe, xj, one, onj]) = self.open_members(*arg, *mask, *within, in_row)?;
         // Count (and log-sum-exp for softmax) of the unmasked members.
         let lse = matches!(op, SegmentOp::Softmax | SegmentOp::LogSoftmax);
         self.ln("float an = 0.0f, aa = 0.0f, ab = 0.0f;");
@@ -1119,6 +1197,9 @@ impl<'a> W<'a> {
         match op {
             SegmentOp::Softmax => self.ln(&format!("{out}[e] = ({one}) ? exp({xe} - lse) : 0.0f;")),
             SegmentOp::LogSoftmax => self.ln(&format!("{out}[e] = ({one}) ? ({xe} - lse) : 0.0f;")),
+            SegmentOp::ColumnSum => {
+                return Err(werr(Some(n), "column sums are written by column_sum_step"))
+            }
             SegmentOp::Rank | SegmentOp::TopK => {
                 let before = if *op == SegmentOp::Rank {
                     "rl_before"
@@ -1149,6 +1230,45 @@ impl<'a> W<'a> {
         Ok(())
     }
 
+    /// `ColumnSum`: every token of a `within` segment sums the unmasked members at its
+    /// padded position, in member (= row) order, so the result is bitwise reproducible.
+    /// Quadratic in the segment's tokens, like `Rank`: fine for group-sized segments.
+    fn column_sum_step(
+        &mut self,
+        n: NodeId,
+        arg: NodeId,
+        mask: Option<NodeId>,
+        within: SpaceId,
+        in_row: bool,
+    ) -> R<()> {
+        let out = self.buf(n)?;
+        let x = self.prog.node(arg).space;
+        let mut ctx = Ctx::new(x, "ej").with(within, "y");
+        if in_row {
+            ctx = ctx.with(SpaceId::SEQ, "r");
+        }
+        let pos = self.ix(IndexArray::TokPos)?;
+        self.open_coarse(within, in_row)?;
+        let mem = self.members(x, within)?;
+        let xj = self.load(arg, &ctx)?;
+        let onj = match mask {
+            Some(m) => format!("({} != 0.0f)", self.load(m, &ctx)?),
+            None => "1".into(),
+        };
+        self.ln(&format!(
+            "for (int m = m0 + tid; m < m1; m += NT) {{ const int e = {mem}[m];"
+        ));
+        self.indent += 1;
+        self.ln(&format!("const int pe = {pos}[e]; float acc = 0.0f;"));
+        self.ln(&format!(
+            "for (int j = m0; j < m1; ++j) {{ const int ej = {mem}[j]; if ({pos}[ej] == pe && ({onj})) acc += {xj}; }}"
+        ));
+        self.ln(&format!("{out}[e] = acc;"));
+        self.close();
+        self.close();
+        Ok(())
+    }
+
     fn quantile_step(&mut self, n: NodeId, in_row: bool) -> R<()> {
         let node = self.prog.node(n);
         let Op::Quantile {
@@ -1161,29 +1281,8 @@ impl<'a> W<'a> {
             return Err(werr(Some(n), "quantile step on a non-quantile"));
         };
         let out = self.buf(n)?;
-        let x = self.prog.node(*arg).space;
         let y_space = node.space;
-        let ctx_of = |var: &str| {
-            let mut c = Ctx::new(x, var).with(y_space, "y");
-            if in_row {
-                c = c.with(SpaceId::SEQ, "r");
-            }
-            c
-        };
-        let on = |w: &Self, var: &str| -> R<String> {
-            match mask {
-                Some(m) => Ok(format!("({} != 0.0f)", w.load(*m, &ctx_of(var))?)),
-                None => Ok("1".into()),
-            }
-        };
-        self.open_coarse(y_space, in_row)?;
-        let mem = self.members(x, y_space)?;
-        let (xe, xj, one, onj) = (
-            self.load(*arg, &ctx_of("e"))?,
-            self.load(*arg, &ctx_of("ej"))?,
-            on(self, "e")?,
-            on(self, "ej")?,
-        );
+        let (mem, [xe, xj, one, onj]) = self.open_members(*arg, *mask, y_space, in_row)?;
         let mut yc = Ctx::new(y_space, "y");
         if in_row {
             yc = yc.with(SpaceId::SEQ, "r");

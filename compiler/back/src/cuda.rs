@@ -13,7 +13,8 @@ pub const TARGET: Target = Target {
 #define BARRIER() __syncthreads()
 #define GROUP_ID ((int)blockIdx.x)
 #define NUM_GROUPS ((int)gridDim.x)
-#define RL_TREE_REDUCE 1
+#define RL_WARP_SHUFFLE 1
+#define RL_SHFL_DOWN(v, s) __shfl_down_sync(0xffffffffu, (v), (s))
 #define LOCAL_SIZE ((int)blockDim.x)
 #define LOCAL_ID ((int)threadIdx.x)
 #define RL_INF __int_as_float(0x7f800000)

@@ -10,18 +10,28 @@
 
 #![allow(clippy::excessive_precision)] // musl constants are kept as published
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, Endianness, InstBuilder, InstructionData, MemFlagsData, Opcode, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// An emitter for one value type (`F32` or `F32X4`).
 pub struct Emit<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
     pub ty: Type,
+    /// The host has FMA: polynomials use fused multiply-adds (one rounding, half the
+    /// latency). Without it Cranelift would lower `fma` to a libcall, so it stays off.
+    pub fma: bool,
 }
 
 impl<'a, 'b> Emit<'a, 'b> {
     pub fn new(b: &'a mut FunctionBuilder<'b>, ty: Type) -> Self {
-        Emit { b, ty }
+        Emit { b, ty, fma: false }
+    }
+
+    /// An emitter that uses FMA where `fma` is true (see [`Emit::fma`]).
+    pub fn with_fma(b: &'a mut FunctionBuilder<'b>, ty: Type, fma: bool) -> Self {
+        Emit { b, ty, fma }
     }
 
     fn vector(&self) -> bool {
@@ -106,10 +116,76 @@ impl<'a, 'b> Emit<'a, 'b> {
         self.sel(c, one, zero)
     }
 
-    /// Whether an f32-encoded bool is true (`!= 0`), as a condition.
+    /// Whether an f32-encoded bool is true (`!= 0`), as a condition. A bool this emitter
+    /// made from a condition (`cond ? 1.0 : 0.0`) gives that condition back, so comparisons,
+    /// `and`/`or`/`not`, selects and masked accumulators never round-trip through floats.
     pub fn truthy(&mut self, x: Value) -> Value {
+        if let Some(cond) = self.bool_cond(x) {
+            return cond;
+        }
         let zero = self.c(0.0);
         self.cmp(FloatCC::NotEqual, x, zero)
+    }
+
+    /// The condition `c` when `x` is `select(c, 1.0, 0.0)` (`bitselect` for vectors).
+    fn bool_cond(&self, x: Value) -> Option<Value> {
+        let dfg = &self.b.func.dfg;
+        let inst = dfg.value_def(x).inst()?;
+        match dfg.insts[inst] {
+            InstructionData::Ternary {
+                opcode: Opcode::Select | Opcode::Bitselect,
+                args: [c, one, zero],
+            } if self.const_value(one) == Some(1.0)
+                && self.const_value(zero).map(f32::to_bits) == Some(0) =>
+            {
+                Some(c)
+            }
+            _ => None,
+        }
+    }
+
+    /// The value of a float constant (`f32const`, or a splat of one).
+    pub fn const_value(&self, v: Value) -> Option<f32> {
+        let dfg = &self.b.func.dfg;
+        let inst = dfg.value_def(v).inst()?;
+        match dfg.insts[inst] {
+            InstructionData::UnaryIeee32 {
+                opcode: Opcode::F32const,
+                imm,
+            } => Some(f32::from_bits(imm.bits())),
+            InstructionData::Unary {
+                opcode: Opcode::Splat,
+                arg,
+            } => self.const_value(arg),
+            _ => None,
+        }
+    }
+
+    /// `cond_a && cond_b` / `cond_a || cond_b` of two conditions, as an f32 bool.
+    pub fn and_or(&mut self, a: Value, b: Value, or: bool) -> Value {
+        let (a, b) = (self.mask(a), self.mask(b));
+        let m = if or {
+            self.b.ins().bor(a, b)
+        } else {
+            self.b.ins().band(a, b)
+        };
+        let one = self.c(1.0);
+        let zero = self.c(0.0);
+        self.sel(m, one, zero)
+    }
+
+    /// A condition as a lane mask of this emitter's type (vectors); scalars are `i8` 0/1.
+    fn mask(&mut self, cond: Value) -> Value {
+        let ty = self.ty;
+        if self.vector() && self.b.func.dfg.value_type(cond) != ty {
+            self.b.ins().bitcast(
+                ty,
+                MemFlagsData::new().with_endianness(Endianness::Little),
+                cond,
+            )
+        } else {
+            cond
+        }
     }
 
     pub fn add(&mut self, a: Value, b: Value) -> Value {
@@ -125,8 +201,11 @@ impl<'a, 'b> Emit<'a, 'b> {
         self.b.ins().fdiv(a, b)
     }
 
-    /// `a*b + c` without fusing (x64 without FMA would make fused a libcall).
+    /// `a*b + c`: fused where the host has FMA (see [`Emit::fma`]).
     fn madd(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            return self.b.ins().fma(a, b, c);
+        }
         let m = self.mul(a, b);
         self.add(m, c)
     }
@@ -143,16 +222,24 @@ impl<'a, 'b> Emit<'a, 'b> {
 
     /// IR `min`: NaN if either operand is NaN, else the smaller (Cranelift `fmin` is
     /// IEEE minimum, which also orders -0 < +0; the interpreter compares, so we do too).
+    /// `b < a ? b : a` is the shape x64 lowers to one `minps`; it already gives NaN for a
+    /// NaN `a`, so the NaN check is left out where `b` is a constant that is not NaN.
     pub fn min(&mut self, a: Value, b: Value) -> Value {
         let lt = self.cmp(FloatCC::LessThan, b, a);
         let m = self.sel(lt, b, a);
+        if self.const_value(b).is_some_and(|c| !c.is_nan()) {
+            return m;
+        }
         self.nan_either(a, b, m)
     }
 
-    /// IR `max`, see [`Emit::min`].
+    /// IR `max`, see [`Emit::min`] (`a < b ? b : a` lowers to one `maxps`).
     pub fn max(&mut self, a: Value, b: Value) -> Value {
-        let gt = self.cmp(FloatCC::GreaterThan, b, a);
-        let m = self.sel(gt, b, a);
+        let lt = self.cmp(FloatCC::LessThan, a, b);
+        let m = self.sel(lt, b, a);
+        if self.const_value(b).is_some_and(|c| !c.is_nan()) {
+            return m;
+        }
         self.nan_either(a, b, m)
     }
 
@@ -172,11 +259,16 @@ impl<'a, 'b> Emit<'a, 'b> {
     pub fn exp(&mut self, x: Value) -> Value {
         let hi = self.c(89.0);
         let lo = self.c(-104.0);
-        let xc = self.b.ins().fmin(x, hi);
-        let xc = self.b.ins().fmax(xc, lo);
+        // NaN passes both clamps (see `min`), like IEEE fmin/fmax but in one instruction.
+        let xc = self.min(x, hi);
+        let xc = self.max(xc, lo);
         let log2e = self.c(std::f32::consts::LOG2_E);
         let t = self.mul(xc, log2e);
-        let n = self.b.ins().nearest(t);
+        // Round to nearest-even by adding 1.5·2^23 (|t| <= 150 here): the sum's low mantissa
+        // bits are the integer `n`, so no float→int conversion with saturation is needed.
+        let magic = self.c(12_582_912.0);
+        let tm = self.add(t, magic);
+        let n = self.sub(tm, magic);
         let ln2_hi = self.c(0.693_145_751_953_125);
         let ln2_lo = self.c(1.428_606_765_330_187e-6);
         let a = self.mul(n, ln2_hi);
@@ -196,8 +288,9 @@ impl<'a, 'b> Emit<'a, 'b> {
                 1.0 / 5040.0,
             ],
         );
-        let ity = self.ity();
-        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let tb = self.bits_of(tm);
+        let mb = self.ci(0x4b40_0000); // bits of 1.5·2^23
+        let ni = self.b.ins().isub(tb, mb);
         let n1 = self.b.ins().sshr_imm_s(ni, 1);
         let n2 = self.b.ins().isub(ni, n1);
         let s1 = self.pow2i(n1);
@@ -316,7 +409,7 @@ impl<'a, 'b> Emit<'a, 'b> {
     pub fn tanh(&mut self, x: Value) -> Value {
         let ax = self.abs(x);
         let cap = self.c(9.1);
-        let ax = self.b.ins().fmin(ax, cap);
+        let ax = self.min(ax, cap);
         let two = self.c(2.0);
         let a2 = self.mul(two, ax);
         let e = self.expm1(a2);

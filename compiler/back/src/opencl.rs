@@ -13,7 +13,7 @@ pub const TARGET: Target = Target {
 #define BARRIER() barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE)
 #define GROUP_ID ((int)get_group_id(0))
 #define NUM_GROUPS ((int)get_num_groups(0))
-#define RL_TREE_REDUCE 0
+#define RL_WARP_SHUFFLE 0
 #define LOCAL_SIZE ((int)get_local_size(0))
 #define LOCAL_ID ((int)get_local_id(0))
 #define RL_INF as_float(0x7f800000)
