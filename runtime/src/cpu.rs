@@ -18,13 +18,14 @@ use rayon::prelude::*;
 use rlobj_back::clif::{Acc, AccKind, Compiled, Jit, LoopSpec, Source};
 use rlobj_ir::schedule::{self, Phase, Plan, Role, Section, Step, StepKind};
 use rlobj_ir::{
-    scalar, Elem, InputId, InputKind, Layout, NodeId, Op, Program, ReduceOp, SegmentOp, SpaceId,
-    SpaceKind, Structural,
+    scalar, Elem, InputId, InputKind, Layout, NodeId, Op, Program, ReduceOp, SpaceId, SpaceKind,
+    Structural,
 };
 use std::collections::HashMap;
 
 mod reduce;
-use reduce::{combine2, finish_acc, finish_row, scan_run};
+use crate::interp::{reduce_buckets, scan_runs, segment_op, segment_runs, shift_runs};
+use reduce::{combine2, finish_acc, finish_row};
 
 fn rerr(e: impl std::fmt::Display) -> RunError {
     RunError(e.to_string())
@@ -52,7 +53,8 @@ struct RedPlan {
     node: NodeId,
     op: ReduceOp,
     empty: f64,
-    count: u32,
+    /// Accumulator slot of the element count; `None` when unmasked (the row's length).
+    count: Option<u32>,
     value: Option<u32>,
     /// Scratch slots of (arg, mask) for ops that need the row's values.
     scratch: Option<(usize, Option<usize>)>,
@@ -392,14 +394,27 @@ fn build_loop(
         if let Some(m) = mask {
             need(m, &mut spec, &mut ptrs, &mut unis, &mut have)?;
         }
-        let count = n_acc;
-        n_acc += 1;
-        spec.accs.push(Acc {
-            value: arg,
-            mask,
-            kind: AccKind::Count,
-            slot: count,
-        });
+        // Reductions over the same values share accumulators (a masked mean and a masked
+        // sum of one value, the counts of one mask): each one costs a loop-carried register.
+        let mut acc_slot = |spec: &mut SpecBuilder, value: NodeId, kind: AccKind| -> u32 {
+            let same = |a: &Acc| {
+                a.kind == kind && a.mask == mask && (kind == AccKind::Count || a.value == value)
+            };
+            if let Some(a) = spec.accs.iter().find(|a| same(a)) {
+                return a.slot;
+            }
+            let slot = n_acc;
+            n_acc += 1;
+            spec.accs.push(Acc {
+                value,
+                mask,
+                kind,
+                slot,
+            });
+            slot
+        };
+        // An unmasked count is the row's length: no accumulator.
+        let count = mask.map(|_| acc_slot(&mut spec, arg, AccKind::Count));
         let kind = match op {
             ReduceOp::Sum | ReduceOp::Mean => Some(AccKind::Sum),
             ReduceOp::Max => Some(AccKind::Max),
@@ -407,17 +422,7 @@ fn build_loop(
             _ => None,
         };
         let (value, scratch) = match kind {
-            Some(kind) => {
-                let s = n_acc;
-                n_acc += 1;
-                spec.accs.push(Acc {
-                    value: arg,
-                    mask,
-                    kind,
-                    slot: s,
-                });
-                (Some(s), None)
-            }
+            Some(kind) => (Some(acc_slot(&mut spec, arg, kind)), None),
             None if op == ReduceOp::Count => (None, None),
             None => {
                 let a = n_scratch;
@@ -444,7 +449,7 @@ fn build_loop(
             partial,
         });
     }
-    if spec.sinks.is_empty() && spec.accs.is_empty() {
+    if spec.sinks.is_empty() && spec.accs.is_empty() && reds.is_empty() {
         // Everything this loop computed is recomputed where it is read.
         return Ok(None);
     }
@@ -802,9 +807,18 @@ impl<'a> Exec<'a> {
             } => {
                 let a = prog.node(*arg).space;
                 let mut counts = vec![0usize; size];
+                let layout = self.layout;
+                let row_len = |r: usize| layout.row_start[r + 1] - layout.row_start[r];
                 if a == SpaceId::TOK && node.space == SpaceId::SEQ {
                     for (r, c) in counts.iter_mut().enumerate() {
-                        *c = self.layout.row_start[r + 1] - self.layout.row_start[r];
+                        *c = row_len(r);
+                    }
+                } else if a == SpaceId::TOK && !schedule::row_local(prog, node.space) {
+                    // Tokens per row from the row offsets, summed into the coarse space:
+                    // O(rows), never a token-sized index map (4 B/token of peak memory).
+                    let m = self.map(SpaceId::SEQ, node.space)?;
+                    for (r, &c) in m.iter().enumerate() {
+                        counts[c as usize] += row_len(r);
                     }
                 } else {
                     for &c in self.map(a, node.space)?.iter() {
@@ -1091,13 +1105,12 @@ impl<'a> Exec<'a> {
                 let b = self.buckets(prog.node(*arg).space, node.space)?;
                 let x = self.full(*arg)?;
                 let mk = mask_of(self, *mask)?;
-                b.iter()
-                    .map(|b| {
-                        let seg: Vec<f64> =
-                            b.iter().filter(|&&i| on(&mk, i)).map(|&i| x[i]).collect();
-                        scalar::reduce(*op, &seg, *empty)
-                    })
-                    .collect()
+                reduce_buckets(
+                    &b,
+                    &x,
+                    |i| on(&mk, i),
+                    |_, seg| scalar::reduce(*op, seg, *empty),
+                )
             }
             Op::Quantile {
                 arg,
@@ -1109,14 +1122,12 @@ impl<'a> Exec<'a> {
                 let x = self.full(*arg)?;
                 let qs = self.full(*q)?;
                 let mk = mask_of(self, *mask)?;
-                b.iter()
-                    .enumerate()
-                    .map(|(c, b)| {
-                        let seg: Vec<f64> =
-                            b.iter().filter(|&&i| on(&mk, i)).map(|&i| x[i]).collect();
-                        scalar::quantile(&seg, qs[c], *empty)
-                    })
-                    .collect()
+                reduce_buckets(
+                    &b,
+                    &x,
+                    |i| on(&mk, i),
+                    |c, seg| scalar::quantile(seg, qs[c], *empty),
+                )
             }
             Op::Segment {
                 op,
@@ -1129,32 +1140,9 @@ impl<'a> Exec<'a> {
                 let x = self.full(*arg)?;
                 let mk = mask_of(self, *mask)?;
                 let ks = k.map(|k| self.full(k)).transpose()?;
-                let mut y = vec![0.0; n];
-                for (c, b) in b.iter().enumerate() {
-                    let (onv, off): (Vec<usize>, Vec<usize>) = b.iter().partition(|&&i| on(&mk, i));
-                    let seg: Vec<f64> = onv.iter().map(|&i| x[i]).collect();
-                    let vals: Vec<f64> = match op {
-                        SegmentOp::Softmax => scalar::softmax(&seg),
-                        SegmentOp::LogSoftmax => scalar::log_softmax(&seg),
-                        SegmentOp::Rank => {
-                            for (j, &i) in off.iter().enumerate() {
-                                y[i] = (onv.len() + j) as f64;
-                            }
-                            scalar::rank(&seg)
-                        }
-                        SegmentOp::TopK => {
-                            let kk = ks.as_ref().map(|k| k[c]).unwrap_or(0.0);
-                            scalar::topk(&seg, kk)
-                                .into_iter()
-                                .map(scalar::from_bool)
-                                .collect()
-                        }
-                    };
-                    for (&i, v) in onv.iter().zip(vals) {
-                        y[i] = v;
-                    }
-                }
-                y
+                let k = |c: usize| ks.as_ref().map(|k| k[c]).unwrap_or(0.0);
+                let pos = &self.layout.tok_pos;
+                segment_op(*op, &x, |i| on(&mk, i), k, &b, pos, n)
             }
             Op::Scan {
                 op,
@@ -1165,16 +1153,7 @@ impl<'a> Exec<'a> {
                 let runs = self.runs(*within)?;
                 let x = self.full(*arg)?;
                 let c = coef.map(|c| self.full(c)).transpose()?;
-                let mut y = vec![0.0; n];
-                for r in runs {
-                    scan_run(
-                        *op,
-                        &x[r.clone()],
-                        c.as_ref().map(|c| &c[r.clone()]),
-                        &mut y[r],
-                    );
-                }
-                y
+                scan_runs(*op, &x, c.as_deref(), &runs)
             }
             Op::Shift {
                 arg,
@@ -1183,17 +1162,7 @@ impl<'a> Exec<'a> {
                 within,
             } => {
                 let runs = self.runs(*within)?;
-                let x = self.full(*arg)?;
-                let mut y = vec![*fill; n];
-                for r in runs {
-                    for t in r.clone() {
-                        let s = t as i64 + i64::from(*offset);
-                        if s >= r.start as i64 && s < r.end as i64 {
-                            y[t] = x[s as usize];
-                        }
-                    }
-                }
-                y
+                shift_runs(&self.full(*arg)?, i64::from(*offset), *fill, &runs)
             }
             _ => self.map_full(id)?,
         })
@@ -1207,15 +1176,7 @@ impl<'a> Exec<'a> {
             )));
         }
         let m = self.map(SpaceId::TOK, within)?;
-        let mut runs = Vec::new();
-        let mut start = 0;
-        for i in 1..=m.len() {
-            if i == m.len() || m[i] != m[start] {
-                runs.push(start..i);
-                start = i;
-            }
-        }
-        Ok(runs)
+        Ok(segment_runs(&m))
     }
 
     /// Returns the token buffers to the program's pool.

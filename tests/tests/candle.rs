@@ -181,6 +181,101 @@ fn jitter(prog: &Program, bound: &Bound, seed: u64) -> Bound {
     b
 }
 
+/// The bound with every f32 input value rounded to f32, so the f64 oracle and the f32
+/// backend start from the same numbers: the random generator draws f64 values, and their
+/// rounding alone moves a group z-score of two close rewards by more than `REL_RANDOM`.
+fn f32_inputs(prog: &Program, bound: &Bound) -> Bound {
+    let mut b = bound.clone();
+    for (inp, v) in prog.inputs.iter().zip(b.values.iter_mut()) {
+        if let (
+            InputKind::Value {
+                elem: Elem::F32, ..
+            },
+            Some(v),
+        ) = (&inp.kind, v.as_mut())
+        {
+            v.iter_mut().for_each(|x| *x = f64::from(*x as f32));
+        }
+    }
+    b
+}
+
+/// The bound with the values of every f32 input over `seq` (rewards, per-row scores) pushed
+/// apart to at least `GAP` from each other (each value moves up by at most `n · GAP`, order
+/// kept). Random draws put two close rewards in one group now and then; a group z-score then
+/// divides the f32 rounding of the group mean (~3e-8) by `|x - μ|` (1e-4 relative at
+/// `|x - μ| = 3e-4`), which measures the batch, not the backend. Close rewards and ties keep
+/// their coverage in the fixed-shape test and its ill-conditioning detector.
+fn separate_seq_inputs(prog: &Program, bound: &Bound) -> Bound {
+    const GAP: f64 = 0.01;
+    let mut b = bound.clone();
+    for (inp, v) in prog.inputs.iter().zip(b.values.iter_mut()) {
+        if let (
+            InputKind::Value {
+                elem: Elem::F32,
+                space,
+                ..
+            },
+            Some(v),
+        ) = (&inp.kind, v.as_mut())
+        {
+            if *space != SEQ {
+                continue;
+            }
+            let mut order: Vec<usize> = (0..v.len()).collect();
+            order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+            for k in 1..order.len() {
+                let prev = v[order[k - 1]];
+                let x = &mut v[order[k]];
+                *x = x.max(prev + GAP);
+            }
+        }
+    }
+    b
+}
+
+/// Whether a `topk` of the program ranks two values that are equal up to f32 rounding
+/// (relative 1e-6): which of them is kept is then decided by rounding (e.g. `kl_cov` on two
+/// tokens, whose centred products are always equal), so no f32 backend can match the f64
+/// choice. Checked over the whole argument (conservative for `topk` within segments).
+fn topk_near_tie(prog: &Program, bound: &Bound, params: &[f64], states: &[f64]) -> bool {
+    let has_topk = prog.nodes.iter().any(|n| {
+        matches!(
+            n.op,
+            rlobj_ir::Op::Segment {
+                op: SegmentOp::TopK,
+                ..
+            }
+        )
+    });
+    if !has_topk {
+        return false;
+    }
+    let Ok(vals) = Interpreter::new().node_values(prog, bound, params, states) else {
+        return false;
+    };
+    prog.nodes.iter().any(|n| {
+        let rlobj_ir::Op::Segment {
+            op: SegmentOp::TopK,
+            arg,
+            ..
+        } = n.op
+        else {
+            return false;
+        };
+        let mut x: Vec<f64> = vals[arg.index()].clone();
+        x.sort_by(f64::total_cmp);
+        x.windows(2)
+            .any(|w| (w[1] - w[0]).abs() <= 1e-6 * w[0].abs().max(w[1].abs()))
+    })
+}
+
+/// Rows with at least one valid token.
+fn non_empty_rows(bound: &Bound) -> usize {
+    let rs = &bound.layout.row_start;
+    rs.windows(2).filter(|w| w[1] > w[0]).count()
+}
+
 /// Every compared number of an evaluation, flattened in a fixed order.
 fn numbers(e: &Evaluation) -> Vec<f64> {
     let mut v: Vec<f64> = e.loss.into_iter().collect();
@@ -282,21 +377,26 @@ fn catalog_candle_matches_interpreter() {
 }
 
 proptest! {
-    // A fixed seed keeps CI deterministic (change it to explore other batches):
-    // random seeds occasionally draw a batch whose whitening divides f32 rounding by a
-    // near-zero spread (see `Outcome::IllConditioned`) beyond what the detector recognises.
+    // Random seeds (`PROPTEST_RNG_SEED=N` replays one).
     #![proptest_config(ProptestConfig {
         cases: 24,
         failure_persistence: None,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_ca4d1e),
         ..ProptestConfig::default()
     })]
 
     #[test]
-    fn catalog_parity_random_batches(seed in 0u64..1_000_000, rows in 1usize..12, width in 1usize..48) {
+    fn catalog_parity_random_batches(seed in 0u64..1_000_000, rows in 2usize..12, width in 1usize..48) {
         let mut failures = Vec::new();
         for (name, prog, params, states) in catalog() {
-            let bound = random_bound(prog, seed, rows, width);
+            let bound = separate_seq_inputs(prog, &random_bound(prog, seed, rows, width));
+            let bound = f32_inputs(prog, &bound);
+            // Whitening token advantages that come from one row (one non-empty row) divides
+            // rounding noise of a constant by `sqrt(0 + 1e-8)`: the exact result is 0 and
+            // both backends return noise amplified 1e4. The fixed-shape test keeps such
+            // batches (with the ill-conditioning detector); random ones need two rows.
+            if non_empty_rows(&bound) < 2 || topk_near_tie(prog, &bound, params, states) {
+                continue;
+            }
             match parity(prog, &bound, params, states, REL_RANDOM) {
                 Ok(Outcome::IllConditioned(e)) => eprintln!("ill-conditioned: {name}: {e}"),
                 Ok(_) => {}

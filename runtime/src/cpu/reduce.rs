@@ -1,12 +1,15 @@
-//! Finishing reductions and scans of the CPU backend in `f64`: per-row results from loop
-//! accumulators, pairwise combination of partials (fixed order), and token scans.
+//! Finishing reductions of the CPU backend in `f64`: per-row results from loop
+//! accumulators and pairwise combination of partials (fixed order).
 
 use super::RedPlan;
-use rlobj_ir::{scalar, ReduceOp, ScanOp};
+use rlobj_ir::{scalar, ReduceOp};
 
 /// A row's result of one reduction: the value, or the partial `(n, a, b)`.
 pub(super) fn finish_row(rp: &RedPlan, acc: &[f32], scratch: &[Vec<f32>], len: usize) -> [f64; 3] {
-    let n = f64::from(acc[rp.count as usize]);
+    let n = match rp.count {
+        Some(c) => f64::from(acc[c as usize]),
+        None => len as f64,
+    };
     let a = rp.value.map(|s| f64::from(acc[s as usize])).unwrap_or(0.0);
     let p = match rp.scratch {
         Some((xs, ms)) => {
@@ -108,31 +111,5 @@ pub(super) fn finish_acc(op: ReduceOp, a: [f64; 3], empty: f64) -> f64 {
                 a[1] + a[2].ln()
             }
         }
-    }
-}
-
-/// One scan over one segment's tokens, in token order (as the interpreter).
-pub(super) fn scan_run(op: ScanOp, x: &[f64], c: Option<&[f64]>, y: &mut [f64]) {
-    let n = x.len();
-    let coef = |t: usize| c.map(|c| c[t]).unwrap_or(0.0);
-    let fwd: Vec<usize> = (0..n).collect();
-    let rev: Vec<usize> = (0..n).rev().collect();
-    let (order, init): (&[usize], f64) = match op {
-        ScanOp::Cumsum | ScanOp::ScanFwd => (&fwd, 0.0),
-        ScanOp::CumsumRev | ScanOp::ScanRev => (&rev, 0.0),
-        ScanOp::CumMin => (&fwd, f64::INFINITY),
-        ScanOp::CumMax => (&fwd, f64::NEG_INFINITY),
-        ScanOp::CumMinRev => (&rev, f64::INFINITY),
-        ScanOp::CumMaxRev => (&rev, f64::NEG_INFINITY),
-    };
-    let mut acc = init;
-    for &t in order {
-        acc = match op {
-            ScanOp::Cumsum | ScanOp::CumsumRev => acc + x[t],
-            ScanOp::ScanFwd | ScanOp::ScanRev => x[t] + coef(t) * acc,
-            ScanOp::CumMin | ScanOp::CumMinRev => scalar::min(acc, x[t]),
-            ScanOp::CumMax | ScanOp::CumMaxRev => scalar::max(acc, x[t]),
-        };
-        y[t] = acc;
     }
 }
