@@ -43,19 +43,12 @@ impl std::fmt::Display for GoldenError {
 }
 impl std::error::Error for GoldenError {}
 
-/// Deterministic generator for the batch (SplitMix64), independent of everything else.
-struct Gen(u64);
+/// Deterministic values for the batch, independent of everything else.
+struct Gen(crate::rng::Rng);
 impl Gen {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
     /// Rounded to 1/1024 so the batch is exact in f32 and f64 alike.
     fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        ((lo + (hi - lo) * self.next()) * 1024.0).round() / 1024.0
+        ((lo + (hi - lo) * self.0.unit()) * 1024.0).round() / 1024.0
     }
 }
 
@@ -71,7 +64,7 @@ pub const WIDTH: usize = 6;
 pub fn batch() -> Vec<(String, HostTensor)> {
     let (b, t) = (ROWS, WIDTH);
     let lens = [6usize, 1, 4, 3, 5, 2, 6, 4];
-    let mut g = Gen(20_240_601);
+    let mut g = Gen(crate::rng::Rng::from_state(20_240_601));
     let mask: Vec<f64> = (0..b * t)
         .map(|i| f64::from(u8::from(i % t < lens[i / t])))
         .collect();
@@ -84,7 +77,7 @@ pub fn batch() -> Vec<(String, HostTensor)> {
         .iter()
         .map(|&o| (o + g.uniform(-0.3, 0.3)).min(-0.01))
         .collect();
-    let reward: Vec<f64> = (0..b).map(|_| (g.next() * 3.0).floor() / 2.0).collect();
+    let reward: Vec<f64> = (0..b).map(|_| (g.0.unit() * 3.0).floor() / 2.0).collect();
     let group: Vec<i64> = (0..b).map(|r| (r / 4) as i64).collect();
     let adv: Vec<f64> = (0..b * t)
         .map(|i| reward[i / t] - 0.5 + g.uniform(-0.1, 0.1))

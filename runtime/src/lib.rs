@@ -69,4 +69,5 @@ pub mod nvrtc;
 pub mod opencl;
 pub mod output;
 pub mod plot;
+pub mod rng;
 pub mod train;

@@ -54,6 +54,7 @@ impl Builder {
                 grad,
             },
             span: SrcSpan::default(),
+            channel: None,
         });
         self.push(Op::Input(id), elem, space)
     }
@@ -80,6 +81,7 @@ impl Builder {
             name: name.into(),
             kind: InputKind::Ids { space: s },
             span: SrcSpan::default(),
+            channel: None,
         });
         s
     }
@@ -277,36 +279,8 @@ impl Builder {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator (tests need no `rand`).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-}
+/// The project's one deterministic generator (SplitMix64), shared with the runtime.
+pub use rlobj_runtime::rng::Rng;
 
 /// The response mask of a random batch: per row empty, full, a ragged prefix, or random
 /// holes; when `rows >= 3` one row is forced full and another empty.
@@ -448,6 +422,7 @@ pub fn freeze(prog: &Program, bound: &Bound, vals: &[Vec<f64>]) -> (Program, Bou
                     grad: false,
                 },
                 span: SrcSpan::default(),
+                channel: None,
             });
             p.nodes[k].op = Op::Input(id);
             b.values.push(Some(val.clone()));
@@ -644,4 +619,58 @@ pub fn run(
     };
     let (params, states) = defaults(&p);
     Interpreter::new().evaluate(&p, b, &params, &states)
+}
+
+/// A fenced block of a Markdown file: its info string, the 1-based line of its opening fence
+/// and its body.
+pub struct FencedBlock {
+    pub info: String,
+    pub line: usize,
+    pub body: String,
+}
+
+/// The fenced code blocks of a Markdown text, in order; panics on an unterminated block (a
+/// broken doc is a test failure).
+pub fn fenced_blocks(md: &str) -> Vec<FencedBlock> {
+    let mut out = Vec::new();
+    let mut cur: Option<FencedBlock> = None;
+    for (i, line) in md.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("```") {
+            match cur.take() {
+                Some(b) => out.push(b),
+                None => {
+                    cur = Some(FencedBlock {
+                        info: rest.trim().to_string(),
+                        line: i + 1,
+                        body: String::new(),
+                    })
+                }
+            }
+        } else if let Some(b) = cur.as_mut() {
+            b.body.push_str(line);
+            b.body.push('\n');
+        }
+    }
+    assert!(cur.is_none(), "unterminated code block");
+    out
+}
+
+/// Runs the CLI in-process, as the binary would: `(exit code, stdout, stderr)`.
+pub fn run_cli(args: &[String]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = {
+        let mut io = rlobj_runtime::cli::Io {
+            out: &mut out,
+            err: &mut err,
+            color: false,
+        };
+        let argv = std::iter::once("rlobj".to_string()).chain(args.iter().cloned());
+        rlobj_runtime::cli::main_with(argv, &mut io)
+    };
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }

@@ -1231,3 +1231,129 @@ fn run_and_compile_report_non_utf8_objectives() {
         assert!(err.contains("bin.obj"), "{args:?}: {err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Channel axes: `rewards` of shape [B, K] binds to `input rewards: f32[seq, chan]`
+// ---------------------------------------------------------------------------------------
+
+fn gdpo_path() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../objectives/gdpo.obj")
+        .display()
+        .to_string()
+}
+
+/// The standard batch with `rewards` of `k` columns (column j of row r is `r - j / 2`).
+fn channel_batch(k: usize) -> Vec<(&'static str, T)> {
+    let v: Vec<f32> = (0..B)
+        .flat_map(|r| (0..k).map(move |j| r as f32 - j as f32 / 2.0 + (r * j) as f32 * 0.3))
+        .collect();
+    with(
+        with(good(), "group", i64t(&[B], &[7, 7, 7])),
+        "rewards",
+        f32t(&[B, k], &v),
+    )
+}
+
+fn gdpo_json(c: &Case, tensors: &[(&str, T)], extra: &[&str]) -> serde_json::Value {
+    let b = c.batch("ch.safetensors", tensors);
+    let obj = gdpo_path();
+    let mut args = vec!["run", obj.as_str(), "--batch", b.as_str(), "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "stderr: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn run_takes_the_channel_count_from_the_batch() {
+    let c = Case::new();
+    // gdpo.obj declares `const chan = 3`; the batch has 2 columns.
+    let auto = gdpo_json(&c, &channel_batch(2), &[]);
+    let explicit = gdpo_json(&c, &channel_batch(2), &["--set", "chan=2"]);
+    assert_eq!(auto, explicit);
+    assert!(auto["loss"].as_f64().is_some_and(f64::is_finite), "{auto}");
+    // Weight 0 on the second column = the first column alone (K = 1).
+    let first_only = gdpo_json(&c, &channel_batch(2), &["--set", "weights=1,0"]);
+    let column0: Vec<f32> = (0..B).map(|r| r as f32).collect();
+    let single = with(channel_batch(2), "rewards", f32t(&[B, 1], &column0));
+    let one = gdpo_json(&c, &single, &[]);
+    assert_eq!(first_only["outputs"], one["outputs"]);
+    assert_ne!(
+        auto["outputs"], one["outputs"],
+        "the second column must matter"
+    );
+}
+
+#[test]
+fn wrong_channel_count_names_the_tensor_and_the_fix() {
+    let c = Case::new();
+    let b = c.batch("ch.safetensors", &channel_batch(2));
+    let obj = gdpo_path();
+    let (code, out, err) = cli(&["run", &obj, "--batch", &b, "--set", "chan=3"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains(
+            "tensor `rewards`: has 2 channels (shape [3, 2]) but the objective was compiled with chan = 3; run with --set chan=2"
+        ),
+        "{err}"
+    );
+    // A [B] tensor for a 3-channel input: the expected shape is spelled out.
+    let flat = with(channel_batch(2), "rewards", f32t(&[B], &[1.0, 2.0, 3.0]));
+    let b = c.batch("flat.safetensors", &flat);
+    let (code, _, err) = cli(&["run", &obj, "--batch", &b]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("tensor `rewards`: expected shape [3, 3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn library_bind_does_not_refit_channels() {
+    let c = Case::new();
+    let bytes = st_bytes(&channel_batch(2));
+    let p = c.dir.join("lib.safetensors");
+    std::fs::write(&p, bytes).unwrap();
+    let mut obj = Objective::compile(Path::new(&gdpo_path())).unwrap();
+    let err = obj.bind_file(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("has 2 channels") && err.contains("--set chan=2"),
+        "{err}"
+    );
+    obj.set("chan", "2").unwrap();
+    assert!(obj.bind_file(&p).is_ok());
+}
+
+#[test]
+fn per_channel_params_take_k_values_or_one_index() {
+    let mut obj = Objective::compile(Path::new(&gdpo_path())).unwrap();
+    let value = |o: &Objective, n: &str| {
+        let i = o.program().params.iter().position(|p| p.name == n).unwrap();
+        o.params()[i]
+    };
+    obj.set("weights", "1,0.5,2").unwrap();
+    assert_eq!(value(&obj, "weights[1]"), 0.5);
+    assert_eq!(value(&obj, "weights[2]"), 2.0);
+    obj.set("weights[0]", "3").unwrap();
+    assert_eq!(value(&obj, "weights[0]"), 3.0);
+    let err = obj.set("weights", "1,2").unwrap_err().to_string();
+    assert!(
+        err.contains("has 3 channels") && err.contains("found 2"),
+        "{err}"
+    );
+    assert!(matches!(obj.set("weights", "1,x,2"), Err(Error::Usage(_))));
+    assert_eq!(
+        value(&obj, "weights[0]"),
+        3.0,
+        "a failed set changes nothing"
+    );
+    // A const and the matching weights in one call: the const applies first.
+    obj.set_many(&[
+        ("weights".to_string(), "4,5".to_string()),
+        ("chan".to_string(), "2".to_string()),
+    ])
+    .unwrap();
+    assert_eq!(value(&obj, "weights[1]"), 5.0);
+    assert!(!obj.program().params.iter().any(|p| p.name == "weights[2]"));
+}

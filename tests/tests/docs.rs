@@ -11,6 +11,7 @@
 //!
 //! docs/tutorial.md and docs/architecture.md are run by tests/tests/e2e.rs.
 
+use rlobj_tests::{fenced_blocks, run_cli, FencedBlock};
 use std::path::{Path, PathBuf};
 
 const REGENERATE: &str = "cargo run -p rlobj-runtime --bin rlobj -- doc std > docs/stdlib.md";
@@ -20,57 +21,6 @@ fn root() -> PathBuf {
         .join("..")
         .canonicalize()
         .expect("repo root")
-}
-
-/// A fenced block: its info string, first line number (1-based, of the fence) and body.
-struct Block {
-    info: String,
-    line: usize,
-    body: String,
-}
-
-fn fenced_blocks(md: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut cur: Option<Block> = None;
-    for (i, line) in md.lines().enumerate() {
-        let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix("```") {
-            match cur.take() {
-                Some(b) => out.push(b),
-                None => {
-                    cur = Some(Block {
-                        info: rest.trim().to_string(),
-                        line: i + 1,
-                        body: String::new(),
-                    })
-                }
-            }
-        } else if let Some(b) = cur.as_mut() {
-            b.body.push_str(line);
-            b.body.push('\n');
-        }
-    }
-    assert!(cur.is_none(), "unterminated code block");
-    out
-}
-
-/// Runs the CLI in-process: `(exit code, stdout, stderr)`.
-fn run_rlobj(args: &[String]) -> (i32, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = {
-        let mut io = rlobj_runtime::cli::Io {
-            out: &mut out,
-            err: &mut err,
-            color: false,
-        };
-        let argv = std::iter::once("rlobj".to_string()).chain(args.iter().cloned());
-        rlobj_runtime::cli::main_with(argv, &mut io)
-    };
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
 }
 
 /// Hand-written Markdown files whose blocks this test owns.
@@ -189,7 +139,7 @@ struct Tally {
     errors: Vec<String>,
 }
 
-fn check_block(file: &str, b: &Block, t: &mut Tally) {
+fn check_block(file: &str, b: &FencedBlock, t: &mut Tally) {
     let at = format!("{file}:{}", b.line);
     // `use std::…` lines resolve, in every kind of block.
     for line in b.body.lines().map(str::trim) {
@@ -240,7 +190,7 @@ fn check_block(file: &str, b: &Block, t: &mut Tally) {
                     continue;
                 }
                 with_batches(&mut args);
-                let (code, out, err) = run_rlobj(&args);
+                let (code, out, err) = run_cli(&args);
                 if code != 0 {
                     t.errors.push(format!(
                         "{at}: `{}` exited {code}:\n{out}\n{err}",
@@ -331,13 +281,13 @@ fn doc_run_commands_get_a_generated_batch() {
         .collect();
     assert!(cheap(&args).is_ok());
     with_batches(&mut args);
-    let (code, out, err) = run_rlobj(&args);
+    let (code, out, err) = run_cli(&args);
     assert_eq!(code, 0, "{out}\n{err}");
 }
 
 #[test]
 fn stdlib_md_is_current() {
-    let (code, out, err) = run_rlobj(&["doc".into(), "std".into()]);
+    let (code, out, err) = run_cli(&["doc".into(), "std".into()]);
     assert_eq!(code, 0, "rlobj doc std failed:\n{err}");
     let path = root().join("docs/stdlib.md");
     if std::env::var_os("RLOBJ_UPDATE_DOCS").is_some() {

@@ -2,6 +2,7 @@
 //! golden snapshots and the code blocks of the docs.
 
 use rlobj_runtime::train::{self, NativeClip, StepObjective, TrainConfig};
+use rlobj_tests::{fenced_blocks, run_cli};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -217,44 +218,6 @@ fn candle_op_path_matches_surrogate_path() {
     assert!(b.reward_end() > b.reward_start());
 }
 
-/// Fenced blocks of a Markdown file: `(info string, body)`.
-fn fenced_blocks(md: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut cur: Option<(String, String)> = None;
-    for line in md.lines() {
-        let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix("```") {
-            match cur.take() {
-                Some(b) => out.push(b),
-                None => cur = Some((rest.trim().to_string(), String::new())),
-            }
-        } else if let Some((_, body)) = cur.as_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    out
-}
-
-/// Runs the CLI in-process: `(exit code, stdout, stderr)`.
-fn run_rlobj(args: &[String]) -> (i32, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = {
-        let mut io = rlobj_runtime::cli::Io {
-            out: &mut out,
-            err: &mut err,
-            color: false,
-        };
-        let argv = std::iter::once("rlobj".to_string()).chain(args.iter().cloned());
-        rlobj_runtime::cli::main_with(argv, &mut io)
-    };
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
-
 /// Every ```obj block of the docs is checked (standalone: a file of its own), every `rlobj …`
 /// line of a ```sh block is run from the repository root and must exit 0.
 fn run_doc(doc: &str) {
@@ -263,8 +226,9 @@ fn run_doc(doc: &str) {
     let blocks = fenced_blocks(&text);
     assert!(!blocks.is_empty(), "{doc}: no code blocks");
     let (mut objs, mut cmds) = (0, 0);
-    for (info, body) in &blocks {
-        match info.as_str() {
+    for block in &blocks {
+        let body = &block.body;
+        match block.info.as_str() {
             "obj" => {
                 let d = rlobj_front::check_source(&format!("{doc} block"), body);
                 assert!(
@@ -283,7 +247,7 @@ fn run_doc(doc: &str) {
                     let cmd = line.split_once(" #").map(|(c, _)| c).unwrap_or(line);
                     let args: Vec<String> =
                         cmd.split_whitespace().skip(1).map(String::from).collect();
-                    let (code, out, err) = run_rlobj(&args);
+                    let (code, out, err) = run_cli(&args);
                     eprintln!("$ {line}\n{out}{err}");
                     let expect_fail = line.contains("# exits 1");
                     assert_eq!(

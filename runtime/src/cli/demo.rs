@@ -42,6 +42,8 @@ pub const CATALOG: &[Entry] = &[
     entry!("objectives/gppo.obj"),
     entry!("objectives/rloo.obj"),
     entry!("objectives/disco.obj"),
+    entry!("objectives/gdpo.obj"),
+    entry!("objectives/wco_uwo.obj"),
     entry!("objectives/ppo.obj"),
     entry!("objectives/verl/vanilla.obj"),
     entry!("objectives/verl/kl_cov.obj"),
@@ -141,6 +143,14 @@ pub fn synthetic_batch(rows: usize, width: usize) -> Vec<(String, HostTensor)> {
     let ref_logp = zip(&old_logp, &ref_noise);
     let vpreds = zip(&values, &vnoise);
     let returns: Vec<f64> = values.iter().map(|v| v + 0.1).collect();
+    // Three reward components per row (the channel axis of GDPO and WCO/UWO): the task
+    // reward, a length bonus and a noisy judge score.
+    let rewards: Vec<f64> = (0..rows)
+        .flat_map(|r| {
+            let judge = (reward[r] + g.range(-0.3, 0.3)).clamp(0.0, 1.0);
+            [reward[r], lens[r] as f64 / width as f64, judge]
+        })
+        .collect();
     let bt = vec![rows, width];
     vec![
         ("mask".into(), HostTensor::float(bt.clone(), mask)),
@@ -169,6 +179,7 @@ pub fn synthetic_batch(rows: usize, width: usize) -> Vec<(String, HostTensor)> {
             HostTensor::float(vec![rows], reward.clone()),
         ),
         ("correct".into(), HostTensor::float(vec![rows], reward)),
+        ("rewards".into(), HostTensor::float(vec![rows, 3], rewards)),
         (
             "advantages_seq".into(),
             HostTensor::float(vec![rows], adv_seq),
@@ -207,6 +218,8 @@ pub fn run_entry(
             }
         }
     }
+    obj.fit_channels(&tensors)
+        .map_err(|err| Fail(format!("{}: {err}", e.path)))?;
     let t1 = Instant::now();
     let bound = obj
         .bind(&tensors)

@@ -556,9 +556,18 @@ fn fmt(files: &[PathBuf], check: bool, write: bool, io: &mut Io) -> CmdResult {
 
 fn run(file: &Path, args: &RunArgs, json: bool, out: Option<&Path>, io: &mut Io) -> CmdResult {
     let sets = parse_sets(&args.sets)?;
-    let mut obj = load(file, &sets)?;
+    let mut obj = Objective::compile(file).map_err(|e| in_file(file, e))?;
     let mut backend = crate::backends::backend_by_name(&args.backend)?;
-    let bound = obj.bind_file(&args.batch)?;
+    // Channel counts follow the batch (`rewards` of shape [B, K] sets `chan = K`) before
+    // the --set values apply, so `--set weights=1,0` fits K = 2 and an explicit
+    // `--set chan=…` still wins (binding then names the mismatch).
+    let what = format!("batch `{}`", args.batch.display());
+    let bytes =
+        std::fs::read(&args.batch).map_err(|e| Fail(format!("{what}: cannot read: {e}")))?;
+    let src = crate::batch::parse_bytes(&bytes, &what)?;
+    obj.fit_channels(&src).map_err(|e| in_file(file, e))?;
+    obj.set_many(&sets).map_err(|e| in_file(file, e))?;
+    let bound = obj.bind(&src)?;
     let res = obj
         .evaluate(backend.as_mut(), &bound)
         .map_err(|e| in_file(file, e))?;

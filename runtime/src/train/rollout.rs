@@ -75,7 +75,7 @@ pub fn collect(
     let mut prompts = Vec::with_capacity(prompts_per_step * group_size);
     let mut group = Vec::with_capacity(prompts.capacity());
     for g in 0..prompts_per_step {
-        let p = task.prompt(rng.below(task.num_prompts()));
+        let p = task.prompt(rng.below(task.num_prompts() as u64) as usize);
         for _ in 0..group_size {
             prompts.push(p);
             group.push(g as i64);

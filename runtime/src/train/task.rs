@@ -12,51 +12,8 @@ pub const EOS: u32 = 10;
 /// Size of the response vocabulary (ten digits and `EOS`).
 pub const VOCAB: usize = 11;
 
-/// A deterministic random generator (SplitMix64): the training run depends on nothing else.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.next_f64().max(1e-300);
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    /// Index drawn from the (unnormalised, non-negative) weights.
-    pub fn categorical(&mut self, weights: &[f32]) -> usize {
-        let total: f64 = weights.iter().map(|&w| w.max(0.0) as f64).sum();
-        if total <= 0.0 || !total.is_finite() {
-            return self.below(weights.len());
-        }
-        let mut u = self.next_f64() * total;
-        for (i, &w) in weights.iter().enumerate() {
-            u -= w.max(0.0) as f64;
-            if u < 0.0 {
-                return i;
-            }
-        }
-        weights.len().saturating_sub(1)
-    }
-}
+/// The training run's generator: one SplitMix64 for the whole crate.
+pub use crate::rng::Rng;
 
 /// Addition of two operands below `operand_range`, answered in decimal.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,21 +84,5 @@ mod tests {
         assert_eq!(t.reward([7, 5], &[1, 3, EOS]), 2.0 / 3.0);
         assert_eq!(t.num_prompts(), 100);
         assert_eq!(t.prompt(57), [5, 7]);
-    }
-
-    #[test]
-    fn rng_is_deterministic() {
-        let mut a = Rng::new(3);
-        let mut b = Rng::new(3);
-        for _ in 0..10 {
-            assert_eq!(a.next_u64(), b.next_u64());
-        }
-        let mut r = Rng::new(1);
-        let mut counts = [0usize; 3];
-        for _ in 0..3000 {
-            counts[r.categorical(&[1.0, 0.0, 3.0])] += 1;
-        }
-        assert_eq!(counts[1], 0);
-        assert!(counts[2] > 2 * counts[0]);
     }
 }
