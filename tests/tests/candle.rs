@@ -231,6 +231,30 @@ fn separate_seq_inputs(prog: &Program, bound: &Bound) -> Bound {
             }
         }
     }
+    // Channels of one tensor are combined per row (weighted sums, min, mean − λ·var), and
+    // separating each column does not keep the combinations apart. So column k becomes
+    // column 0 plus a fixed offset `k·GAP/(4K)`: every such combination of two rows then
+    // differs by about the rows' column-0 gap, and per-channel group statistics still see
+    // K distinct columns.
+    for (i, inp) in prog.inputs.iter().enumerate() {
+        let Some(slot) = inp.channel.as_ref().filter(|s| s.index > 0) else {
+            continue;
+        };
+        let first = prog.inputs.iter().position(|o| {
+            o.channel
+                .as_ref()
+                .is_some_and(|c| c.tensor == slot.tensor && c.index == 0)
+        });
+        let Some(base) = first.and_then(|f| b.values[f].clone()) else {
+            continue;
+        };
+        if let Some(v) = b.values[i].as_mut() {
+            let offset = f64::from(slot.index) * GAP / (4.0 * f64::from(slot.count));
+            for (x, b0) in v.iter_mut().zip(&base) {
+                *x = b0 + offset;
+            }
+        }
+    }
     b
 }
 

@@ -123,22 +123,32 @@ fn compare(want: &Evaluation, got: &Evaluation, rel: f64) -> Result<(), String> 
     Ok(())
 }
 
+/// The literature objectives first (the benches take the first few), then the verl and TRL
+/// parity files.
 fn objectives() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../objectives");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "obj"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../objectives");
+    let mut all = Vec::new();
+    for dir in [root.clone(), root.join("verl"), root.join("trl")] {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "obj"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        all.extend(v);
+    }
+    all
 }
 
+/// A catalog file that does not compile is a test failure, never a silent skip.
 fn compile(path: &Path) -> Option<(Program, Vec<f64>, Vec<f64>)> {
-    let o = rlobj_runtime::api::Objective::compile(path).ok()?;
+    let o = match rlobj_runtime::api::Objective::compile(path) {
+        Ok(o) => o,
+        Err(e) => panic!("{}: does not compile: {e}", path.display()),
+    };
     Some((
         o.program().clone(),
         o.params().to_vec(),

@@ -16,7 +16,10 @@
 
 use crate::math::Emit;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, MemFlagsData, StackSlot, StackSlotData, StackSlotKind, Type,
+    Value,
+};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -237,7 +240,8 @@ struct Hoisted {
     n: Value,
     bases: HashMap<u32, Value>,
     uni_s: HashMap<u32, Value>,
-    uni_v: HashMap<u32, Value>,
+    /// The uniforms' base pointer (vector bodies load uniforms where they use them).
+    uni: Value,
 }
 
 fn flags() -> MemFlagsData {
@@ -270,7 +274,7 @@ impl Translator<'_, '_> {
             n,
             bases: HashMap::new(),
             uni_s: HashMap::new(),
-            uni_v: HashMap::new(),
+            uni,
         };
         for k in slots {
             let v = self.b.ins().load(self.ptr, flags(), ptrs, (k * 8) as i32);
@@ -278,14 +282,22 @@ impl Translator<'_, '_> {
         }
         for k in unis {
             let v = self.b.ins().load(types::F32, flags(), uni, (k * 4) as i32);
-            let vv = self.b.ins().splat(types::F32X4, v);
             h.uni_s.insert(k, v);
-            h.uni_v.insert(k, vv);
         }
 
-        // Accumulators: one vector and one scalar variable each.
+        // Accumulators: one vector and one scalar variable each. The vector ones live in a
+        // stack slot that the body adds into (`addps mem` + store): as loop-carried
+        // registers they were spilled anyway, and they pushed other values out.
         let mut vacc = Vec::new();
         let mut sacc = Vec::new();
+        let nacc = self.spec.accs.len() as u32;
+        let vslot = (nacc > 0).then(|| {
+            self.b.create_sized_stack_slot(StackSlotData::new(
+                StackSlotKind::ExplicitSlot,
+                16 * nacc,
+                4,
+            ))
+        });
         for a in &self.spec.accs {
             let init = match a.kind {
                 AccKind::Sum | AccKind::Count => 0.0,
@@ -298,6 +310,9 @@ impl Translator<'_, '_> {
             let cv = self.b.ins().splat(types::F32X4, c);
             self.b.def_var(vv, cv);
             self.b.def_var(sv, c);
+            if let Some(slot) = vslot {
+                self.b.ins().stack_store(self.ptr, cv, slot, (16 * vacc.len()) as i32);
+            }
             vacc.push(vv);
             sacc.push(sv);
         }
@@ -321,7 +336,7 @@ impl Translator<'_, '_> {
         self.b.switch_to_block(vbody);
         self.b.seal_block(vbody);
         let iv = self.b.use_var(i);
-        self.body(&h, iv, types::F32X4, &vacc)?;
+        self.body(&h, iv, types::F32X4, &vacc, vslot)?;
         let iv = self.b.use_var(i);
         let next = self.b.ins().iadd_imm_s(iv, 4);
         self.b.def_var(i, next);
@@ -336,7 +351,7 @@ impl Translator<'_, '_> {
         self.b.switch_to_block(tbody);
         self.b.seal_block(tbody);
         let iv = self.b.use_var(i);
-        self.body(&h, iv, types::F32, &sacc)?;
+        self.body(&h, iv, types::F32, &sacc, None)?;
         let iv = self.b.use_var(i);
         let next = self.b.ins().iadd_imm_s(iv, 1);
         self.b.def_var(i, next);
@@ -346,7 +361,10 @@ impl Translator<'_, '_> {
         self.b.switch_to_block(exit);
         self.b.seal_block(exit);
         for (k, a) in self.spec.accs.iter().enumerate() {
-            let v = self.b.use_var(vacc[k]);
+            let v = match vslot {
+                Some(slot) => self.b.ins().stack_load(self.ptr, types::F32X4, slot, (16 * k) as i32),
+                None => self.b.use_var(vacc[k]),
+            };
             let s = self.b.use_var(sacc[k]);
             let lanes: Vec<Value> = (0..4).map(|l| self.b.ins().extractlane(v, l)).collect();
             let mut e = Emit::new(&mut self.b, types::F32);
@@ -383,6 +401,7 @@ impl Translator<'_, '_> {
         iv: Value,
         ty: Type,
         accs: &[Variable],
+        slot: Option<StackSlot>,
     ) -> Result<(), ClifError> {
         let vector = ty.is_vector();
         let off = self.b.ins().ishl_imm_s(iv, 2);
@@ -391,11 +410,20 @@ impl Translator<'_, '_> {
             let v = match src {
                 Source::Stream(k) => {
                     let addr = self.b.ins().iadd(h.bases[&k], off);
-                    self.b.ins().load(ty, flags(), addr, 0)
+                    // Token inputs are never written by a loop (sinks are separate
+                    // buffers), so `readonly` lets Cranelift place each load next to its
+                    // first use instead of holding (and spilling) all of them from the top.
+                    self.b
+                        .ins()
+                        .load(ty, flags().with_readonly().with_can_move(), addr, 0)
                 }
                 Source::Uniform(k) => {
                     if vector {
-                        h.uni_v[&k]
+                        // Loaded in the body (one `vbroadcastss` from memory): a splat
+                        // hoisted out of the loop holds a register for the whole loop, and
+                        // the register allocator spilled it and re-broadcast it each time.
+                        let x = self.b.ins().load(types::F32, flags(), h.uni, (k * 4) as i32);
+                        self.b.ins().splat(types::F32X4, x)
                     } else {
                         h.uni_s[&k]
                     }
@@ -445,12 +473,15 @@ impl Translator<'_, '_> {
             let addr = self.b.ins().iadd(h.bases[&k], off);
             self.b.ins().store(flags(), v, addr, 0);
         }
-        for (a, var) in self.spec.accs.iter().zip(accs) {
+        for (k, (a, var)) in self.spec.accs.iter().zip(accs).enumerate() {
             let mask = match a.mask {
                 Some(m) => Some(get(&vals, m)?),
                 None => None,
             };
-            let cur = self.b.use_var(*var);
+            let cur = match slot {
+                Some(sl) => self.b.ins().stack_load(self.ptr, ty, sl, (16 * k) as i32),
+                None => self.b.use_var(*var),
+            };
             let mut e = Emit::with_fma(&mut self.b, ty, self.fma);
             let x = match a.kind {
                 AccKind::Count => e.c(1.0),
@@ -473,7 +504,12 @@ impl Translator<'_, '_> {
                 AccKind::Max => e.max(cur, x),
                 AccKind::Min => e.min(cur, x),
             };
-            self.b.def_var(*var, next);
+            match slot {
+                Some(sl) => {
+                    self.b.ins().stack_store(self.ptr, next, sl, (16 * k) as i32);
+                }
+                None => self.b.def_var(*var, next),
+            }
         }
         Ok(())
     }
@@ -507,7 +543,7 @@ impl Translator<'_, '_> {
             Op::Unary(u, a) => {
                 let a = get(*a)?;
                 match u {
-                    UnaryOp::Neg => e.b.ins().fneg(a),
+                    UnaryOp::Neg => e.neg(a),
                     UnaryOp::Exp => e.exp(a),
                     UnaryOp::Log => e.log(a),
                     UnaryOp::Log1p => e.log1p(a),

@@ -102,10 +102,32 @@ impl<'a, 'b> Emit<'a, 'b> {
                     cond,
                 )
             };
+            // A zero arm is one `andps`/`andnps` instead of a blend (or three instructions
+            // when the mask is not a comparison's): `m ? a : 0 == a & m`, bit for bit.
+            if self.is_pos_zero(b) {
+                return self.b.ins().band(mask, a);
+            }
+            if self.is_pos_zero(a) {
+                return self.b.ins().band_not(b, mask);
+            }
             self.b.ins().bitselect(mask, a, b)
         } else {
             self.b.ins().select(cond, a, b)
         }
+    }
+
+    fn is_pos_zero(&self, v: Value) -> bool {
+        self.const_value(v).map(f32::to_bits) == Some(0)
+    }
+
+    /// `-x`. Vectors flip the sign bit with one `xorps` against a pool constant; Cranelift
+    /// lowers `fneg` to three instructions that rebuild the sign mask in every iteration.
+    pub fn neg(&mut self, x: Value) -> Value {
+        if self.vector() {
+            let m = self.c(-0.0);
+            return self.b.ins().bxor(x, m);
+        }
+        self.b.ins().fneg(x)
     }
 
     /// A comparison as f32 `1.0`/`0.0` (the JIT's representation of bool).
@@ -140,6 +162,11 @@ impl<'a, 'b> Emit<'a, 'b> {
             {
                 Some(c)
             }
+            // `sel(m, 1.0, 0.0)` on vectors is `band(m, 1.0)`.
+            InstructionData::Binary {
+                opcode: Opcode::Band,
+                args: [m, one],
+            } if self.vector() && self.const_value(one) == Some(1.0) => Some(m),
             _ => None,
         }
     }
@@ -433,7 +460,7 @@ impl<'a, 'b> Emit<'a, 'b> {
     /// `1/(1+e^-x)`, written with `e = e^-|x|` so neither tail loses precision.
     pub fn sigmoid(&mut self, x: Value) -> Value {
         let ax = self.abs(x);
-        let nax = self.b.ins().fneg(ax);
+        let nax = self.neg(ax);
         let e = self.exp(nax);
         let one = self.c(1.0);
         let d = self.add(one, e);
@@ -448,7 +475,7 @@ impl<'a, 'b> Emit<'a, 'b> {
     /// `log(1 + e^x) = max(x, 0) + log1p(e^-|x|)`.
     pub fn softplus(&mut self, x: Value) -> Value {
         let ax = self.abs(x);
-        let nax = self.b.ins().fneg(ax);
+        let nax = self.neg(ax);
         let e = self.exp(nax);
         let l = self.log1p(e);
         let zero = self.c(0.0);
@@ -459,7 +486,7 @@ impl<'a, 'b> Emit<'a, 'b> {
     /// `log σ(x) = min(x, 0) - log1p(e^-|x|)`.
     pub fn log_sigmoid(&mut self, x: Value) -> Value {
         let ax = self.abs(x);
-        let nax = self.b.ins().fneg(ax);
+        let nax = self.neg(ax);
         let e = self.exp(nax);
         let l = self.log1p(e);
         let zero = self.c(0.0);
