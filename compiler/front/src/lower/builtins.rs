@@ -229,14 +229,7 @@ impl Lowerer<'_> {
             }
             (false, None) => None,
         };
-        let specs: Vec<ParamSpec> = builtin_params(b)
-            .iter()
-            .map(|(n, required)| ParamSpec {
-                name: n,
-                required: *required,
-                span: None,
-            })
-            .collect();
+        let specs = ParamSpec::of_builtin(builtin_params(b));
         let Some(bound) = self.bind_args(&name.name, &specs, args, span) else {
             return Value::Poison;
         };

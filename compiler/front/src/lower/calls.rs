@@ -15,6 +15,20 @@ pub(crate) struct ParamSpec<'a> {
     pub span: Option<Span>,
 }
 
+impl<'a> ParamSpec<'a> {
+    /// Specs of a builtin's parameters, `(name, required)`; builtins have no declaration
+    /// span.
+    pub fn of_builtin(list: &[(&'a str, bool)]) -> Vec<ParamSpec<'a>> {
+        list.iter()
+            .map(|&(name, required)| ParamSpec {
+                name,
+                required,
+                span: None,
+            })
+            .collect()
+    }
+}
+
 impl Lowerer<'_> {
     /// A function callable unqualified in the current module.
     pub fn find_function(&self, name: &str) -> Option<FnId> {

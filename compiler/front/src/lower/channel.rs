@@ -273,14 +273,7 @@ impl Lowerer<'_> {
                 return Value::Poison;
             }
         };
-        let specs: Vec<ParamSpec> = specs
-            .iter()
-            .map(|(n, required)| ParamSpec {
-                name: n,
-                required: *required,
-                span: None,
-            })
-            .collect();
+        let specs = ParamSpec::of_builtin(specs);
         let Some(bound) = self.bind_args(&name.name, &specs, args, span) else {
             return Value::Poison;
         };
