@@ -14,11 +14,10 @@
 //! scalar tail. Reductions keep four lane accumulators plus the tail and combine them in a
 //! fixed order, so a call's result depends only on its inputs, never on threads.
 
-use crate::math::Emit;
+use crate::math::{ConstPool, Emit, V4};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, InstBuilder, MemFlagsData, StackSlot, StackSlotData, StackSlotKind, Type,
-    Value,
+    types, AbiParam, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value,
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
@@ -105,12 +104,16 @@ pub struct Jit {
     fma: bool,
     ids: Vec<FuncId>,
     text: Option<Vec<String>>,
+    /// Each loop's constant table (see [`ConstPool`]); the code reads them.
+    pools: Vec<Box<[V4]>>,
 }
 
 /// Finished machine code: one function pointer per declared loop, in declaration order.
 pub struct Compiled {
     /// Owns the code; kept alive as long as the pointers are used.
     _module: JITModule,
+    /// The loops' constant tables, read by the code.
+    _pools: Vec<Box<[V4]>>,
     pub fns: Vec<LoopFn>,
     /// CLIF text of every loop when requested (`--emit clif`).
     pub text: Vec<String>,
@@ -155,6 +158,7 @@ impl Jit {
             fma,
             ids: Vec::new(),
             text: keep_text.then(Vec::new),
+            pools: Vec::new(),
         })
     }
 
@@ -184,9 +188,12 @@ impl Jit {
                 ptr,
                 pow: pow_ref,
                 fma: self.fma,
+                pool: ConstPool::new(),
+                bases: None,
             };
             t.translate()?;
             t.b.finalize(self.module.target_config());
+            self.pools.push(t.pool.into_table());
         }
         if let Some(text) = &mut self.text {
             text.push(format!("; {name}\n{}", self.ctx.func.display()));
@@ -220,6 +227,7 @@ impl Jit {
             .collect();
         Ok(Compiled {
             _module: self.module,
+            _pools: self.pools,
             fns,
             text: self.text.unwrap_or_default(),
         })
@@ -233,6 +241,11 @@ struct Translator<'a, 'f> {
     ptr: Type,
     pow: cranelift_codegen::ir::FuncRef,
     fma: bool,
+    /// This loop's vector constants.
+    pool: ConstPool,
+    /// In the vector body: the constant table's and the uniforms' addresses, reloaded from
+    /// a stack slot each iteration so that loads relative to them stay in the loop.
+    bases: Option<(Value, Value)>,
 }
 
 /// Values hoisted into the entry block.
@@ -240,8 +253,8 @@ struct Hoisted {
     n: Value,
     bases: HashMap<u32, Value>,
     uni_s: HashMap<u32, Value>,
-    /// The uniforms' base pointer (vector bodies load uniforms where they use them).
-    uni: Value,
+    /// Byte offset of each uniform's splat in the vector body's uniform slot.
+    uni_j: HashMap<u32, i32>,
 }
 
 fn flags() -> MemFlagsData {
@@ -274,30 +287,43 @@ impl Translator<'_, '_> {
             n,
             bases: HashMap::new(),
             uni_s: HashMap::new(),
-            uni,
+            uni_j: HashMap::new(),
         };
         for k in slots {
             let v = self.b.ins().load(self.ptr, flags(), ptrs, (k * 8) as i32);
             h.bases.insert(k, v);
         }
-        for k in unis {
+        // The vector body reads uniforms pre-splatted into this slot: one load per use
+        // instead of a scalar load and a broadcast.
+        unis.sort_unstable();
+        unis.dedup();
+        let uslot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            16 * (unis.len() as u32).max(1),
+            4,
+        ));
+        for (j, &k) in unis.iter().enumerate() {
             let v = self.b.ins().load(types::F32, flags(), uni, (k * 4) as i32);
             h.uni_s.insert(k, v);
+            h.uni_j.insert(k, (16 * j) as i32);
+            let vv = self.b.ins().splat(types::F32X4, v);
+            self.b
+                .ins()
+                .stack_store(self.ptr, vv, uslot, (16 * j) as i32);
         }
 
-        // Accumulators: one vector and one scalar variable each. The vector ones live in a
-        // stack slot that the body adds into (`addps mem` + store): as loop-carried
-        // registers they were spilled anyway, and they pushed other values out.
+        // The constant table's and the uniforms' addresses, for the vector body.
+        let bslot =
+            self.b
+                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 3));
+        let paddr = self.b.ins().iconst(self.ptr, self.pool.addr());
+        self.b.ins().stack_store(self.ptr, paddr, bslot, 0);
+        let uaddr = self.b.ins().stack_addr(self.ptr, uslot, 0);
+        self.b.ins().stack_store(self.ptr, uaddr, bslot, 8);
+
+        // Accumulators: one vector and one scalar variable each.
         let mut vacc = Vec::new();
         let mut sacc = Vec::new();
-        let nacc = self.spec.accs.len() as u32;
-        let vslot = (nacc > 0).then(|| {
-            self.b.create_sized_stack_slot(StackSlotData::new(
-                StackSlotKind::ExplicitSlot,
-                16 * nacc,
-                4,
-            ))
-        });
         for a in &self.spec.accs {
             let init = match a.kind {
                 AccKind::Sum | AccKind::Count => 0.0,
@@ -310,9 +336,6 @@ impl Translator<'_, '_> {
             let cv = self.b.ins().splat(types::F32X4, c);
             self.b.def_var(vv, cv);
             self.b.def_var(sv, c);
-            if let Some(slot) = vslot {
-                self.b.ins().stack_store(self.ptr, cv, slot, (16 * vacc.len()) as i32);
-            }
             vacc.push(vv);
             sacc.push(sv);
         }
@@ -335,8 +358,12 @@ impl Translator<'_, '_> {
 
         self.b.switch_to_block(vbody);
         self.b.seal_block(vbody);
+        let cb = self.b.ins().stack_load(self.ptr, self.ptr, bslot, 0);
+        let ub = self.b.ins().stack_load(self.ptr, self.ptr, bslot, 8);
+        self.bases = Some((cb, ub));
         let iv = self.b.use_var(i);
-        self.body(&h, iv, types::F32X4, &vacc, vslot)?;
+        self.body(&h, iv, types::F32X4, &vacc)?;
+        self.bases = None;
         let iv = self.b.use_var(i);
         let next = self.b.ins().iadd_imm_s(iv, 4);
         self.b.def_var(i, next);
@@ -351,7 +378,7 @@ impl Translator<'_, '_> {
         self.b.switch_to_block(tbody);
         self.b.seal_block(tbody);
         let iv = self.b.use_var(i);
-        self.body(&h, iv, types::F32, &sacc, None)?;
+        self.body(&h, iv, types::F32, &sacc)?;
         let iv = self.b.use_var(i);
         let next = self.b.ins().iadd_imm_s(iv, 1);
         self.b.def_var(i, next);
@@ -361,10 +388,7 @@ impl Translator<'_, '_> {
         self.b.switch_to_block(exit);
         self.b.seal_block(exit);
         for (k, a) in self.spec.accs.iter().enumerate() {
-            let v = match vslot {
-                Some(slot) => self.b.ins().stack_load(self.ptr, types::F32X4, slot, (16 * k) as i32),
-                None => self.b.use_var(vacc[k]),
-            };
+            let v = self.b.use_var(vacc[k]);
             let s = self.b.use_var(sacc[k]);
             let lanes: Vec<Value> = (0..4).map(|l| self.b.ins().extractlane(v, l)).collect();
             let mut e = Emit::new(&mut self.b, types::F32);
@@ -401,7 +425,6 @@ impl Translator<'_, '_> {
         iv: Value,
         ty: Type,
         accs: &[Variable],
-        slot: Option<StackSlot>,
     ) -> Result<(), ClifError> {
         let vector = ty.is_vector();
         let off = self.b.ins().ishl_imm_s(iv, 2);
@@ -419,11 +442,16 @@ impl Translator<'_, '_> {
                 }
                 Source::Uniform(k) => {
                     if vector {
-                        // Loaded in the body (one `vbroadcastss` from memory): a splat
-                        // hoisted out of the loop holds a register for the whole loop, and
-                        // the register allocator spilled it and re-broadcast it each time.
-                        let x = self.b.ins().load(types::F32, flags(), h.uni, (k * 4) as i32);
-                        self.b.ins().splat(types::F32X4, x)
+                        // A vector load from the pre-splatted slot, next to its use: a
+                        // splat hoisted out of the loop held a register for the whole loop,
+                        // and the register allocator spilled it and re-broadcast it each time.
+                        match self.bases {
+                            Some((_, ub)) => {
+                                let pure = flags().with_aligned().with_readonly().with_can_move();
+                                self.b.ins().load(types::F32X4, pure, ub, h.uni_j[&k])
+                            }
+                            None => self.b.ins().splat(types::F32X4, h.uni_s[&k]),
+                        }
                     } else {
                         h.uni_s[&k]
                     }
@@ -473,16 +501,14 @@ impl Translator<'_, '_> {
             let addr = self.b.ins().iadd(h.bases[&k], off);
             self.b.ins().store(flags(), v, addr, 0);
         }
-        for (k, (a, var)) in self.spec.accs.iter().zip(accs).enumerate() {
+        for (a, var) in self.spec.accs.iter().zip(accs) {
             let mask = match a.mask {
                 Some(m) => Some(get(&vals, m)?),
                 None => None,
             };
-            let cur = match slot {
-                Some(sl) => self.b.ins().stack_load(self.ptr, ty, sl, (16 * k) as i32),
-                None => self.b.use_var(*var),
-            };
-            let mut e = Emit::with_fma(&mut self.b, ty, self.fma);
+            let cur = self.b.use_var(*var);
+            let mut e = Emit::with_fma(&mut self.b, ty, self.fma)
+                .with_pool(self.bases.map(|(cb, _)| (&self.pool, cb)));
             let x = match a.kind {
                 AccKind::Count => e.c(1.0),
                 _ => get(&vals, a.value)?,
@@ -504,12 +530,7 @@ impl Translator<'_, '_> {
                 AccKind::Max => e.max(cur, x),
                 AccKind::Min => e.min(cur, x),
             };
-            match slot {
-                Some(sl) => {
-                    self.b.ins().stack_store(self.ptr, next, sl, (16 * k) as i32);
-                }
-                None => self.b.def_var(*var, next),
-            }
+            self.b.def_var(*var, next);
         }
         Ok(())
     }
@@ -537,7 +558,8 @@ impl Translator<'_, '_> {
         };
         let node = self.prog.node(id);
         let pow = self.pow;
-        let mut e = Emit::with_fma(&mut self.b, ty, self.fma);
+        let mut e = Emit::with_fma(&mut self.b, ty, self.fma)
+            .with_pool(self.bases.map(|(cb, _)| (&self.pool, cb)));
         Ok(match &node.op {
             Op::Const(c) => e.c(*c as f32),
             Op::Unary(u, a) => {
@@ -685,4 +707,65 @@ pub fn run_unary(c: &Compiled, input: &[f32]) -> Vec<f32> {
         };
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exp(min(max(x, -20), 20))` through the JIT, where `exp` takes its range-known path.
+    fn clamped_exp(xs: &[f32]) -> Vec<f32> {
+        let mut prog = Program::new("clamped_exp");
+        let node = |op| rlobj_ir::Node {
+            op,
+            elem: rlobj_ir::Elem::F32,
+            space: rlobj_ir::SpaceId::TOK,
+            span: rlobj_ir::SrcSpan::default(),
+        };
+        let x = prog.push(node(Op::Const(0.0)));
+        let lo = prog.push(node(Op::Const(-20.0)));
+        let hi = prog.push(node(Op::Const(20.0)));
+        let m = prog.push(node(Op::Binary(BinaryOp::Max, x, lo)));
+        let c = prog.push(node(Op::Binary(BinaryOp::Min, m, hi)));
+        let y = prog.push(node(Op::Unary(UnaryOp::Exp, c)));
+        let spec = LoopSpec {
+            name: "clamped_exp".into(),
+            body: vec![lo, hi, m, c, y],
+            sources: vec![(x, Source::Stream(0))],
+            sinks: vec![(y, 1)],
+            accs: vec![],
+            alias: vec![],
+        };
+        let mut jit = Jit::new(false).expect("jit");
+        jit.add_loop(&prog, &spec).expect("loop");
+        run_unary(&jit.finish().expect("finish"), xs)
+    }
+
+    #[test]
+    fn range_known_exp_matches_general_exp_bit_for_bit() {
+        let mut xs: Vec<f32> = (0..4001).map(|i| -25.0 + i as f32 * 0.0125).collect();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            19.999,
+            -19.999,
+        ]);
+        xs.extend([1e-30, -1e-30, 20.0, -20.0, 20.001, -20.001, 7.0]);
+        let clamped: Vec<f32> = xs
+            .iter()
+            .map(|&x| if x.is_nan() { x } else { x.clamp(-20.0, 20.0) })
+            .collect();
+        let general = run_unary(&compile_unary(UnaryOp::Exp).expect("exp"), &clamped);
+        let fast = clamped_exp(&xs);
+        assert_eq!(fast.len(), general.len());
+        for ((x, f), g) in xs.iter().zip(&fast).zip(&general) {
+            assert!(
+                f.to_bits() == g.to_bits() || (f.is_nan() && g.is_nan()),
+                "exp(clamp({x})): {f} vs {g}"
+            );
+        }
+    }
 }

@@ -22,16 +22,125 @@ pub struct Emit<'a, 'b> {
     /// The host has FMA: polynomials use fused multiply-adds (one rounding, half the
     /// latency). Without it Cranelift would lower `fma` to a libcall, so it stays off.
     pub fma: bool,
+    /// Where vector constants come from inside a loop body (see [`ConstPool`]).
+    pub pool: Option<(&'a ConstPool, Value)>,
+    /// Pool loads made by this emitter (one IR node): a constant used twice within a node
+    /// is loaded once, since its register is free again right after.
+    loaded: Vec<(Type, u32, Value)>,
+}
+
+/// One 16-byte constant of a [`ConstPool`].
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+pub struct V4(pub [u32; 4]);
+
+/// Vector constants of one loop body, one slot per use.
+///
+/// Cranelift merges equal constants (GVN) and then keeps the merged value in a register
+/// across the body; with 16 xmm registers the allocator spilled them (and the loop's
+/// inputs) to the stack. Here every use loads its own slot relative to a base pointer that
+/// the body reloads each iteration: the load cannot be merged or hoisted, it sits next to
+/// its single user, and x64 folds it into that instruction's memory operand.
+pub struct ConstPool {
+    slots: std::cell::RefCell<(Box<[V4]>, usize)>,
+}
+
+impl ConstPool {
+    /// Room for this many constants per loop; further ones fall back to plain constants.
+    pub const CAPACITY: usize = 1024;
+
+    pub fn new() -> Self {
+        ConstPool {
+            slots: std::cell::RefCell::new((vec![V4::default(); Self::CAPACITY].into(), 0)),
+        }
+    }
+
+    /// The table's address (stable: the boxed slice never moves or grows).
+    pub fn addr(&self) -> i64 {
+        self.slots.borrow().0.as_ptr() as i64
+    }
+
+    /// The table, to keep alive as long as the code that reads it.
+    pub fn into_table(self) -> Box<[V4]> {
+        self.slots.into_inner().0
+    }
+
+    /// The bits in the slot at byte offset `off`.
+    fn get(&self, off: i32) -> Option<u32> {
+        let k = usize::try_from(off).ok()? / 16;
+        let s = self.slots.borrow();
+        (k < s.1).then(|| s.0[k].0[0])
+    }
+
+    /// Stores `bits` in a new slot; its byte offset, or `None` when the table is full.
+    fn push(&self, bits: u32) -> Option<i32> {
+        let mut s = self.slots.borrow_mut();
+        let k = s.1;
+        if k >= Self::CAPACITY {
+            return None;
+        }
+        s.0[k] = V4([bits; 4]);
+        s.1 = k + 1;
+        i32::try_from(k * 16).ok()
+    }
+}
+
+impl Default for ConstPool {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<'a, 'b> Emit<'a, 'b> {
     pub fn new(b: &'a mut FunctionBuilder<'b>, ty: Type) -> Self {
-        Emit { b, ty, fma: false }
+        Emit {
+            b,
+            ty,
+            fma: false,
+            pool: None,
+            loaded: Vec::new(),
+        }
     }
 
     /// An emitter that uses FMA where `fma` is true (see [`Emit::fma`]).
     pub fn with_fma(b: &'a mut FunctionBuilder<'b>, ty: Type, fma: bool) -> Self {
-        Emit { b, ty, fma }
+        Emit {
+            b,
+            ty,
+            fma,
+            pool: None,
+            loaded: Vec::new(),
+        }
+    }
+
+    /// Vector constants from `pool` at `base`, a pointer the loop body loads each
+    /// iteration (see [`ConstPool`]).
+    pub fn with_pool(mut self, pool: Option<(&'a ConstPool, Value)>) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// A splatted constant loaded from the pool, if this emitter has one with room.
+    fn pooled(&mut self, ty: Type, bits: u32) -> Option<Value> {
+        let (pool, base) = self.pool?;
+        if !self.vector() {
+            return None;
+        }
+        if let Some(&(_, _, v)) = self.loaded.iter().find(|l| l.0 == ty && l.1 == bits) {
+            return Some(v);
+        }
+        let off = pool.push(bits)?;
+        // `aligned` is true (16-byte slots in a 16-byte aligned table); where x64 can fold
+        // the load into an operand (only a value used once, with single-use users), the
+        // SSE-encoded forms need it.
+        let flags = MemFlagsData::new()
+            .with_notrap()
+            .with_aligned()
+            .with_readonly()
+            .with_can_move();
+        let v = self.b.ins().load(ty, flags, base, off);
+        self.loaded.push((ty, bits, v));
+        Some(v)
     }
 
     fn vector(&self) -> bool {
@@ -49,6 +158,10 @@ impl<'a, 'b> Emit<'a, 'b> {
 
     /// A float constant of this emitter's type.
     pub fn c(&mut self, v: f32) -> Value {
+        let ty = self.ty;
+        if let Some(x) = self.pooled(ty, v.to_bits()) {
+            return x;
+        }
         let s = self.b.ins().f32const(v);
         if self.vector() {
             self.b.ins().splat(self.ty, s)
@@ -58,6 +171,9 @@ impl<'a, 'b> Emit<'a, 'b> {
     }
 
     fn ci(&mut self, v: i32) -> Value {
+        if let Some(x) = self.pooled(types::I32X4, v as u32) {
+            return x;
+        }
         let s = self.b.ins().iconst(types::I32, i64::from(v));
         if self.vector() {
             self.b.ins().splat(types::I32X4, s)
@@ -184,6 +300,18 @@ impl<'a, 'b> Emit<'a, 'b> {
                 opcode: Opcode::Splat,
                 arg,
             } => self.const_value(arg),
+            InstructionData::Load {
+                opcode: Opcode::Load,
+                arg,
+                offset,
+                ..
+            } => {
+                let (pool, base) = self.pool?;
+                if arg != base || dfg.value_type(v) != self.ty {
+                    return None;
+                }
+                pool.get(i32::from(offset)).map(f32::from_bits)
+            }
             _ => None,
         }
     }
@@ -237,6 +365,34 @@ impl<'a, 'b> Emit<'a, 'b> {
         self.add(m, c)
     }
 
+    /// `e^r` for |r| <= ln2/2 as `1 + (r + r²·Q(r))`, with the degree-5 tail `Q` (the
+    /// Taylor terms 1/2! … 1/7!) by Estrin's scheme. The dependency chain is about 5 operations
+    /// deep instead of Horner's 7 (the loops are latency-bound: one iteration's chain is
+    /// longer than the out-of-order window hides), and the leading `1 + …` is rounded once,
+    /// at the end, so the error stays that of Horner's form.
+    fn exp_poly_fma(&mut self, r: Value) -> Value {
+        let tail = [
+            0.5,
+            1.0 / 6.0,
+            1.0 / 24.0,
+            1.0 / 120.0,
+            1.0 / 720.0,
+            1.0 / 5040.0,
+        ];
+        let mut pairs = Vec::with_capacity(3);
+        for k in 0..3 {
+            let lo = self.c(tail[2 * k]);
+            let hi = self.c(tail[2 * k + 1]);
+            pairs.push(self.madd(hi, r, lo));
+        }
+        let r2 = self.mul(r, r);
+        let q = self.madd(pairs[2], r2, pairs[1]);
+        let q = self.madd(q, r2, pairs[0]);
+        let t = self.madd(q, r2, r);
+        let one = self.c(1.0);
+        self.add(t, one)
+    }
+
     /// Horner evaluation of `coef[0] + coef[1]*x + …`.
     fn poly(&mut self, x: Value, coef: &[f32]) -> Value {
         let mut acc = self.c(coef[coef.len() - 1]);
@@ -273,6 +429,12 @@ impl<'a, 'b> Emit<'a, 'b> {
     /// `m`, or NaN where `a` or `b` is NaN.
     fn nan_either(&mut self, a: Value, b: Value, m: Value) -> Value {
         let un = self.cmp(FloatCC::Unordered, a, b);
+        if self.vector() {
+            // `m | mask`: all-ones bits (a NaN) where unordered, `m` bit for bit elsewhere;
+            // one `orps` instead of loading a NaN constant and blending.
+            let mask = self.mask(un);
+            return self.b.ins().bor(m, mask);
+        }
         let nan = self.c(f32::NAN);
         self.sel(un, nan, m)
     }
@@ -284,46 +446,120 @@ impl<'a, 'b> Emit<'a, 'b> {
     /// `e^x`: Cody–Waite reduction `x = n ln2 + r`, degree-7 Taylor on `|r| <= ln2/2`,
     /// and `2^n` built as two exponent-field products so subnormal results round once.
     pub fn exp(&mut self, x: Value) -> Value {
-        let hi = self.c(89.0);
-        let lo = self.c(-104.0);
-        // NaN passes both clamps (see `min`), like IEEE fmin/fmax but in one instruction.
-        let xc = self.min(x, hi);
-        let xc = self.max(xc, lo);
+        // An argument already clamped into [-80, 80] (e.g. `exp(clamp(δ, ±20))`, the PPO
+        // ratio) needs neither the clamps nor the split scale: 2^n is normal for |n| <= 116
+        // and one exact product gives the same bits as two.
+        let small = self
+            .range(x)
+            .is_some_and(|(lo, hi)| lo >= -80.0 && hi <= 80.0);
+        let xc = if small {
+            x
+        } else {
+            let hi = self.c(89.0);
+            let lo = self.c(-104.0);
+            // NaN passes both clamps (see `min`), like IEEE fmin/fmax but in one instruction.
+            let xc = self.min(x, hi);
+            self.max(xc, lo)
+        };
         let log2e = self.c(std::f32::consts::LOG2_E);
-        let t = self.mul(xc, log2e);
         // Round to nearest-even by adding 1.5·2^23 (|t| <= 150 here): the sum's low mantissa
         // bits are the integer `n`, so no float→int conversion with saturation is needed.
+        // With FMA the product is not rounded first (n is the nearest integer to the exact
+        // x·log2e) and the reduction `x - n·ln2` is two fused steps.
         let magic = self.c(12_582_912.0);
-        let tm = self.add(t, magic);
+        let tm = if self.fma {
+            self.madd(xc, log2e, magic)
+        } else {
+            let t = self.mul(xc, log2e);
+            self.add(t, magic)
+        };
         let n = self.sub(tm, magic);
-        let ln2_hi = self.c(0.693_145_751_953_125);
-        let ln2_lo = self.c(1.428_606_765_330_187e-6);
-        let a = self.mul(n, ln2_hi);
-        let r = self.sub(xc, a);
-        let a = self.mul(n, ln2_lo);
-        let r = self.sub(r, a);
-        let p = self.poly(
-            r,
-            &[
-                1.0,
-                1.0,
-                0.5,
-                1.0 / 6.0,
-                1.0 / 24.0,
-                1.0 / 120.0,
-                1.0 / 720.0,
-                1.0 / 5040.0,
-            ],
-        );
+        let r = if self.fma {
+            let m_hi = self.c(-0.693_145_751_953_125);
+            let m_lo = self.c(-1.428_606_765_330_187e-6);
+            let r = self.madd(n, m_hi, xc);
+            self.madd(n, m_lo, r)
+        } else {
+            let ln2_hi = self.c(0.693_145_751_953_125);
+            let ln2_lo = self.c(1.428_606_765_330_187e-6);
+            let a = self.mul(n, ln2_hi);
+            let r = self.sub(xc, a);
+            let a = self.mul(n, ln2_lo);
+            self.sub(r, a)
+        };
+        let coef = [
+            1.0,
+            1.0,
+            0.5,
+            1.0 / 6.0,
+            1.0 / 24.0,
+            1.0 / 120.0,
+            1.0 / 720.0,
+            1.0 / 5040.0,
+        ];
+        let p = if self.fma {
+            self.exp_poly_fma(r)
+        } else {
+            self.poly(r, &coef)
+        };
         let tb = self.bits_of(tm);
         let mb = self.ci(0x4b40_0000); // bits of 1.5·2^23
         let ni = self.b.ins().isub(tb, mb);
+        if small {
+            let s = self.pow2i(ni);
+            return self.mul(p, s);
+        }
         let n1 = self.b.ins().sshr_imm_s(ni, 1);
         let n2 = self.b.ins().isub(ni, n1);
         let s1 = self.pow2i(n1);
         let s2 = self.pow2i(n2);
         let p = self.mul(p, s1);
         self.mul(p, s2)
+    }
+
+    /// Bounds `(lo, hi)` of `x` when it is a [`Emit::min`]/[`Emit::max`] clamp by
+    /// constants (NaN passes such a clamp, and stays NaN through `exp`).
+    fn range(&self, x: Value) -> Option<(f32, f32)> {
+        let dfg = &self.b.func.dfg;
+        let inst = dfg.value_def(x).inst()?;
+        let InstructionData::Ternary {
+            opcode: Opcode::Select | Opcode::Bitselect,
+            args: [m, b, a],
+        } = dfg.insts[inst]
+        else {
+            return None;
+        };
+        let c = self.const_value(b).filter(|c| !c.is_nan())?;
+        let mut m = m;
+        if let Some(i) = dfg.value_def(m).inst() {
+            if let InstructionData::LoadNoOffset {
+                opcode: Opcode::Bitcast,
+                arg,
+                ..
+            } = dfg.insts[i]
+            {
+                m = arg;
+            }
+        }
+        let mi = dfg.value_def(m).inst()?;
+        let InstructionData::FloatCompare {
+            cond: FloatCC::LessThan,
+            args: [p, q],
+            ..
+        } = dfg.insts[mi]
+        else {
+            return None;
+        };
+        let inner = self.range(a).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        if p == b && q == a {
+            // `b < a ? b : a`: min(a, c).
+            Some((inner.0.min(c), inner.1.min(c)))
+        } else if p == a && q == b {
+            // `a < b ? b : a`: max(a, c).
+            Some((inner.0.max(c), inner.1.max(c)))
+        } else {
+            None
+        }
     }
 
     /// `2^n` for an integer `n` in the normal exponent range.
