@@ -163,8 +163,15 @@ enum Outcome {
 
 /// The bound with every f32 input value moved by a few ulps (deterministic by `seed`).
 fn jitter(prog: &Program, bound: &Bound, seed: u64) -> Bound {
-    let mut b = bound.clone();
     let mut rng = rlobj_tests::Rng::new(seed);
+    map_f32_inputs(prog, bound, |x| {
+        *x *= 1.0 + (rng.unit() * 2.0 - 1.0) * 16.0 * f64::from(f32::EPSILON)
+    })
+}
+
+/// The bound with `f` applied to every value of every f32 input, in input order.
+fn map_f32_inputs(prog: &Program, bound: &Bound, mut f: impl FnMut(&mut f64)) -> Bound {
+    let mut b = bound.clone();
     for (inp, v) in prog.inputs.iter().zip(b.values.iter_mut()) {
         if let (
             InputKind::Value {
@@ -173,9 +180,7 @@ fn jitter(prog: &Program, bound: &Bound, seed: u64) -> Bound {
             Some(v),
         ) = (&inp.kind, v.as_mut())
         {
-            for x in v.iter_mut() {
-                *x *= 1.0 + (rng.unit() * 2.0 - 1.0) * 16.0 * f64::from(f32::EPSILON);
-            }
+            v.iter_mut().for_each(&mut f);
         }
     }
     b
@@ -185,19 +190,7 @@ fn jitter(prog: &Program, bound: &Bound, seed: u64) -> Bound {
 /// backend start from the same numbers: the random generator draws f64 values, and their
 /// rounding alone moves a group z-score of two close rewards by more than `REL_RANDOM`.
 fn f32_inputs(prog: &Program, bound: &Bound) -> Bound {
-    let mut b = bound.clone();
-    for (inp, v) in prog.inputs.iter().zip(b.values.iter_mut()) {
-        if let (
-            InputKind::Value {
-                elem: Elem::F32, ..
-            },
-            Some(v),
-        ) = (&inp.kind, v.as_mut())
-        {
-            v.iter_mut().for_each(|x| *x = f64::from(*x as f32));
-        }
-    }
-    b
+    map_f32_inputs(prog, bound, |x| *x = f64::from(*x as f32))
 }
 
 /// The bound with the values of every f32 input over `seq` (rewards, per-row scores) pushed

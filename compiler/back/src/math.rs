@@ -15,6 +15,19 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::FunctionBuilder;
 
+/// Taylor coefficients of `e^r` on the reduced range `|r| ≤ ln2/2`, `1 + r + r²/2 + …`:
+/// Horner's form takes them all, the FMA form pairs `[2..]` (Estrin).
+const EXP_TAYLOR: [f32; 8] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5040.0,
+];
+
 /// An emitter for one value type (`F32` or `F32X4`).
 pub struct Emit<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
@@ -371,14 +384,7 @@ impl<'a, 'b> Emit<'a, 'b> {
     /// longer than the out-of-order window hides), and the leading `1 + …` is rounded once,
     /// at the end, so the error stays that of Horner's form.
     fn exp_poly_fma(&mut self, r: Value) -> Value {
-        let tail = [
-            0.5,
-            1.0 / 6.0,
-            1.0 / 24.0,
-            1.0 / 120.0,
-            1.0 / 720.0,
-            1.0 / 5040.0,
-        ];
+        let tail = &EXP_TAYLOR[2..];
         let mut pairs = Vec::with_capacity(3);
         for k in 0..3 {
             let lo = self.c(tail[2 * k]);
@@ -487,20 +493,10 @@ impl<'a, 'b> Emit<'a, 'b> {
             let a = self.mul(n, ln2_lo);
             self.sub(r, a)
         };
-        let coef = [
-            1.0,
-            1.0,
-            0.5,
-            1.0 / 6.0,
-            1.0 / 24.0,
-            1.0 / 120.0,
-            1.0 / 720.0,
-            1.0 / 5040.0,
-        ];
         let p = if self.fma {
             self.exp_poly_fma(r)
         } else {
-            self.poly(r, &coef)
+            self.poly(r, &EXP_TAYLOR)
         };
         let tb = self.bits_of(tm);
         let mb = self.ci(0x4b40_0000); // bits of 1.5·2^23

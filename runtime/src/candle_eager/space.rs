@@ -575,15 +575,7 @@ impl<'a> Ctx<'a> {
             )));
         }
         let m = self.map(SpaceId::TOK, within)?;
-        let mut runs = Vec::new();
-        let mut start = 0;
-        for i in 1..=m.len() {
-            if i == m.len() || m[i] != m[start] {
-                runs.push(start..i);
-                start = i;
-            }
-        }
-        Ok(runs)
+        Ok(crate::interp::segment_runs(&m))
     }
 
     /// `Shift { offset, fill }` of a token value within each segment of `within`: one
