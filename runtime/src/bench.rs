@@ -273,17 +273,7 @@ pub fn bench_program(
         let reps = if b == "cpu" { 20 } else { 3 };
         let secs = match b.as_str() {
             "cpu" => {
-                let tok32: Vec<Option<Vec<f32>>> = prog
-                    .inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(k, inp)| match &inp.kind {
-                        InputKind::Value { space, .. } if *space == SpaceId::TOK => bound.values[k]
-                            .as_ref()
-                            .map(|v| v.iter().map(|&x| x as f32).collect()),
-                        _ => None,
-                    })
-                    .collect();
+                let tok32 = crate::cpu::token_inputs_f32(prog, &bound);
                 let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
                 let other: Vec<Option<&[f64]>> =
                     bound.values.iter().map(|v| v.as_deref()).collect();

@@ -3,7 +3,7 @@
 //! `cargo bench -p rlobj-tests --bench cpu` (`BENCH_ROWS` / `BENCH_TOKENS` override 64 × 4096).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rlobj_ir::{InputKind, SpaceId};
+use rlobj_ir::SpaceId;
 use rlobj_runtime::cpu::{CpuProgram, CpuResults};
 use rlobj_runtime::Backend;
 use std::path::PathBuf;
@@ -33,17 +33,7 @@ fn fwd_bwd(c: &mut Criterion) {
         g.throughput(Throughput::Elements(bound.layout.size(SpaceId::TOK) as u64));
         g.sample_size(10);
         if let Ok(cpu) = CpuProgram::compile(prog, false) {
-            let tok32: Vec<Option<Vec<f32>>> = prog
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(k, inp)| match &inp.kind {
-                    InputKind::Value { space, .. } if *space == SpaceId::TOK => bound.values[k]
-                        .as_ref()
-                        .map(|v| v.iter().map(|&x| x as f32).collect()),
-                    _ => None,
-                })
-                .collect();
+            let tok32 = rlobj_runtime::cpu::token_inputs_f32(prog, &bound);
             let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
             let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
             let mut out = CpuResults::default();

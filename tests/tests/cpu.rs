@@ -486,17 +486,7 @@ fn run_into_reuses_buffers_and_matches_run() {
         let mut out = rlobj_runtime::cpu::CpuResults::default();
         for (k, (rows, width)) in [(9, 31), (17, 53), (9, 31)].into_iter().enumerate() {
             let bound = random_bound(&prog, rows, width, k as u64);
-            let tok32: Vec<Option<Vec<f32>>> = prog
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(i, inp)| match &inp.kind {
-                    InputKind::Value { space, .. } if *space == SpaceId::TOK => bound.values[i]
-                        .as_ref()
-                        .map(|v| v.iter().map(|&x| x as f32).collect()),
-                    _ => None,
-                })
-                .collect();
+            let tok32 = rlobj_runtime::cpu::token_inputs_f32(&prog, &bound);
             let tok: Vec<Option<&[f32]>> = tok32.iter().map(|v| v.as_deref()).collect();
             let other: Vec<Option<&[f64]>> = bound.values.iter().map(|v| v.as_deref()).collect();
             let Ok(want) = cpu.run(&bound.layout, &tok, &other, &params, &states, None) else {
