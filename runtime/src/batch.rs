@@ -695,3 +695,53 @@ fn one_per_segment(
     }
     Ok(out)
 }
+
+/// The values a backend reads for value input `input`: the bound ones (`given`, which must
+/// have `n` entries: one per element of the input's space) or, when the batch lacks the
+/// tensor, the declared default. One place for the two errors every backend reports.
+pub enum InputValues<'a, T> {
+    Given(&'a [T]),
+    Default(f64),
+}
+
+pub fn input_values<'a, T>(
+    input: &Input,
+    given: Option<&'a [T]>,
+    n: usize,
+) -> Result<InputValues<'a, T>, RunError> {
+    let default = match &input.kind {
+        InputKind::Value { default, .. } => *default,
+        InputKind::Ids { .. } => {
+            return Err(RunError(format!(
+                "input `{}`: ids are not values",
+                input.name
+            )))
+        }
+    };
+    match (given, default) {
+        (Some(v), _) if v.len() == n => Ok(InputValues::Given(v)),
+        (Some(v), _) => Err(RunError(format!(
+            "tensor `{}`: expected {n} values in its space, found {}",
+            input.name,
+            v.len()
+        ))),
+        (None, Some(d)) => Ok(InputValues::Default(d)),
+        (None, None) => Err(RunError(format!(
+            "tensor `{}`: missing from the batch",
+            input.name
+        ))),
+    }
+}
+
+/// A batch layout belongs to the program it is run with (same spaces).
+pub fn check_layout(prog: &Program, layout: &Layout) -> Result<(), RunError> {
+    if layout.sizes.len() != prog.spaces.len() {
+        return Err(RunError(format!(
+            "layout has {} spaces, program `{}` has {}",
+            layout.sizes.len(),
+            prog.name,
+            prog.spaces.len()
+        )));
+    }
+    Ok(())
+}

@@ -613,14 +613,7 @@ impl<'a> Exec<'a> {
         states: &'a [f64],
     ) -> Result<Self, RunError> {
         let prog = &cp.prog;
-        if layout.sizes.len() != prog.spaces.len() {
-            return Err(RunError(format!(
-                "layout has {} spaces, program `{}` has {}",
-                layout.sizes.len(),
-                prog.name,
-                prog.spaces.len()
-            )));
-        }
+        crate::batch::check_layout(prog, layout)?;
         let n_tok = layout.size(SpaceId::TOK);
         let mut toks = Vec::with_capacity(prog.inputs.len());
         for (k, inp) in prog.inputs.iter().enumerate() {
@@ -750,7 +743,7 @@ impl<'a> Exec<'a> {
             Op::Structural(Structural::Width) => vec![self.layout.width as f64; size],
             Op::Input(i) => {
                 let inp = &prog.inputs[i.index()];
-                let InputKind::Value { elem, default, .. } = &inp.kind else {
+                let InputKind::Value { elem, .. } = &inp.kind else {
                     return Err(RunError(format!(
                         "input `{}`: ids are not values",
                         inp.name
@@ -767,22 +760,10 @@ impl<'a> Exec<'a> {
                         }
                     }
                 } else {
-                    match (self.other.get(i.index()).copied().flatten(), default) {
-                        (Some(d), _) if d.len() == size => d.to_vec(),
-                        (Some(d), _) => {
-                            return Err(RunError(format!(
-                                "tensor `{}`: expected {size} values in its space, found {}",
-                                inp.name,
-                                d.len()
-                            )))
-                        }
-                        (None, Some(d)) => vec![*d; size],
-                        (None, None) => {
-                            return Err(RunError(format!(
-                                "tensor `{}`: missing from the batch",
-                                inp.name
-                            )))
-                        }
+                    let given = self.other.get(i.index()).copied().flatten();
+                    match crate::batch::input_values(inp, given, size)? {
+                        crate::batch::InputValues::Given(d) => d.to_vec(),
+                        crate::batch::InputValues::Default(d) => vec![d; size],
                     }
                 };
                 match elem {

@@ -6,6 +6,7 @@
 //! The program is validated first; after that every handle is in range, and batch-dependent
 //! problems (wrong tensor sizes, non-contiguous segments under a scan) are [`RunError`]s.
 
+use crate::batch::InputValues;
 use crate::{Backend, Bound, Evaluation, RunError};
 use rlobj_ir::scalar;
 use rlobj_ir::{
@@ -33,14 +34,7 @@ impl Interpreter {
         states: &[f64],
     ) -> Result<Vec<Vec<f64>>, RunError> {
         rlobj_ir::validate::validate(prog).map_err(|e| RunError(e.to_string()))?;
-        if bound.layout.sizes.len() != prog.spaces.len() {
-            return Err(RunError(format!(
-                "layout has {} spaces, program `{}` has {}",
-                bound.layout.sizes.len(),
-                prog.name,
-                prog.spaces.len()
-            )));
-        }
+        crate::batch::check_layout(prog, &bound.layout)?;
         let mut ev = Eval {
             prog,
             bound,
@@ -309,34 +303,23 @@ impl Eval<'_> {
 
     fn input(&self, i: rlobj_ir::InputId, n: usize) -> Result<Vec<f64>, RunError> {
         let input = &self.prog.inputs[i.index()];
-        let InputKind::Value { elem, default, .. } = &input.kind else {
+        let InputKind::Value { elem, .. } = &input.kind else {
             return Err(RunError(format!(
                 "input `{}`: ids are not values",
                 input.name
             )));
         };
-        match (
-            self.bound.values.get(i.index()).and_then(|v| v.as_ref()),
-            default,
-        ) {
-            (Some(v), _) if v.len() == n => Ok(match elem {
+        let given = self.bound.values.get(i.index()).and_then(|v| v.as_deref());
+        Ok(match crate::batch::input_values(input, given, n)? {
+            InputValues::Given(v) => match elem {
                 Elem::Bool => v
                     .iter()
                     .map(|&x| scalar::from_bool(scalar::to_bool(x)))
                     .collect(),
-                Elem::F32 => v.clone(),
-            }),
-            (Some(v), _) => Err(RunError(format!(
-                "tensor `{}`: expected {n} values in its space, found {}",
-                input.name,
-                v.len()
-            ))),
-            (None, Some(d)) => Ok(vec![*d; n]),
-            (None, None) => Err(RunError(format!(
-                "tensor `{}`: missing from the batch",
-                input.name
-            ))),
-        }
+                Elem::F32 => v.to_vec(),
+            },
+            InputValues::Default(d) => vec![d; n],
+        })
     }
 
     fn segment(

@@ -188,13 +188,7 @@ pub fn host_batch_except(
         .unwrap_or_default();
     let mut inputs = Vec::with_capacity(prog.inputs.len());
     for (i, inp) in prog.inputs.iter().enumerate() {
-        let InputKind::Value {
-            elem,
-            space,
-            default,
-            ..
-        } = &inp.kind
-        else {
+        let InputKind::Value { elem, space, .. } = &inp.kind else {
             inputs.push(None);
             continue;
         };
@@ -203,22 +197,10 @@ pub fn host_batch_except(
             continue;
         }
         let n = layout.size(*space);
-        let vals: Vec<f64> = match (bound.values.get(i).and_then(|v| v.as_ref()), default) {
-            (Some(v), _) if v.len() == n => v.clone(),
-            (Some(v), _) => {
-                return Err(RunError(format!(
-                    "tensor `{}`: expected {n} values in its space, found {}",
-                    inp.name,
-                    v.len()
-                )))
-            }
-            (None, Some(d)) => vec![*d; n],
-            (None, None) => {
-                return Err(RunError(format!(
-                    "tensor `{}`: missing from the batch",
-                    inp.name
-                )))
-            }
+        let given = bound.values.get(i).and_then(|v| v.as_deref());
+        let vals: Vec<f64> = match crate::batch::input_values(inp, given, n)? {
+            crate::batch::InputValues::Given(v) => v.to_vec(),
+            crate::batch::InputValues::Default(d) => vec![d; n],
         };
         let conv = |x: f64| -> f32 {
             match elem {

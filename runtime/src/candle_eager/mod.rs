@@ -117,10 +117,7 @@ impl Run<'_> {
         let prog = self.cx.prog;
         let inp = &prog.inputs[i.index()];
         let InputKind::Value {
-            elem,
-            default,
-            grad,
-            space,
+            elem, grad, space, ..
         } = &inp.kind
         else {
             return Err(RunError(format!(
@@ -129,32 +126,17 @@ impl Run<'_> {
             )));
         };
         let n = self.cx.size(*space);
-        let x = match (
-            bound.values.get(i.index()).and_then(|v| v.as_ref()),
-            default,
-        ) {
-            (Some(v), _) if v.len() == n => {
+        let given = bound.values.get(i.index()).and_then(|v| v.as_deref());
+        let x = match crate::batch::input_values(inp, given, n)? {
+            crate::batch::InputValues::Given(v) => {
                 let v: Vec<f64> = if *elem == Elem::Bool {
                     v.iter().map(|&x| f64::from(u8::from(x != 0.0))).collect()
                 } else {
-                    v.clone()
+                    v.to_vec()
                 };
                 self.cx.tensor_of(*space, &v)?
             }
-            (Some(v), _) => {
-                return Err(RunError(format!(
-                    "tensor `{}`: expected {n} values in its space, found {}",
-                    inp.name,
-                    v.len()
-                )))
-            }
-            (None, Some(d)) => self.cx.full(*d, &self.cx.shape(*space))?,
-            (None, None) => {
-                return Err(RunError(format!(
-                    "tensor `{}`: missing from the batch",
-                    inp.name
-                )))
-            }
+            crate::batch::InputValues::Default(d) => self.cx.full(d, &self.cx.shape(*space))?,
         };
         if !(*grad && prog.grads.iter().any(|(g, _)| *g == i)) {
             return Ok(x);
@@ -331,14 +313,7 @@ impl Backend for CandleEager {
         states: &[f64],
     ) -> Result<Evaluation, RunError> {
         let layout = &bound.layout;
-        if layout.sizes.len() != prog.spaces.len() {
-            return Err(RunError(format!(
-                "layout has {} spaces, program `{}` has {}",
-                layout.sizes.len(),
-                prog.name,
-                prog.spaces.len()
-            )));
-        }
+        crate::batch::check_layout(prog, layout)?;
         let mut run = Run {
             cx: Ctx::new(prog, layout, self.dev.clone())?,
             t: vec![None; prog.nodes.len()],
