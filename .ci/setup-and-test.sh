@@ -10,6 +10,13 @@ cd "$(dirname "$0")/.." || exit 2
 root=$PWD
 
 say() { printf '\n== %s\n' "$*"; }
+free_disk() { df -Pk . | awk 'NR==2 { printf "%.1f GB free on %s", $4 / 1048576, $6 }'; }
+
+# Say how much disk there is, and (in the summary) how much target/ took, so that a full disk is
+# obvious in the log rather than a wall of rustc I/O errors.
+say "disk: $(free_disk)"
+# CI builds from cold, so incremental caches only cost disk.
+export CARGO_INCREMENTAL=0
 
 # --- 1. toolchains ---------------------------------------------------------------------------
 sudo_=""
@@ -22,8 +29,8 @@ fi
 py_pkgs="numpy nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12"
 if ! python3 -m pip show $py_pkgs >/dev/null 2>&1; then
   say "installing Python wheels: $py_pkgs"
-  python3 -m pip install -q $py_pkgs 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages $py_pkgs \
+  python3 -m pip install -q --no-cache-dir $py_pkgs 2>/dev/null \
+    || python3 -m pip install -q --no-cache-dir --break-system-packages $py_pkgs \
     || echo "warning: could not install $py_pkgs; NVRTC tests will skip"
 fi
 # Make the wheels' NVRTC and ptxas visible, and make the suites fail (not skip) when the
@@ -61,6 +68,7 @@ if [ -x ../shared/tools/parity ]; then
 fi
 
 say "summary"
+echo "disk: $(free_disk); target/ is $(du -sh target 2>/dev/null | cut -f1)"
 if [ ${#failed[@]} -eq 0 ]; then
   echo "all checks passed"
 else
