@@ -16,8 +16,11 @@
 //!   be the count the program was compiled with (see `Objective::fit_channels`). A K = 1
 //!   input also accepts `[B]` / `[B, T]`.
 //! * NaN/Inf at valid positions is an error; padding is never read.
-//! * An empty batch is an error: `B = 0`, or no valid token when the program has a token
-//!   input (every token reduction would be over nothing, which is never what was meant).
+//! * `B = 0` rows is an error. A batch whose mask marks no valid token evaluates: token
+//!   reductions are over nothing (sums and counts 0), so the catalog's objectives give loss 0
+//!   and zero gradients, as TRL does (every denominator clamped to ≥ 1), where verl's
+//!   token-mean divides 0 by 0. A data-parallel rank whose micro-batch is all padding then
+//!   takes a zero step instead of stopping the run or poisoning the weights with NaN.
 //!
 //! Every error names the tensor. Nothing here panics on any file.
 
@@ -424,11 +427,6 @@ pub fn bind(prog: &Program, src: &dyn TensorSource) -> Result<Bound, RunError> {
         fetched.push(t);
     }
     let layout = Layout::build(prog, rows, width, &mask, &ids).map_err(|e| RunError(e.0))?;
-    if needs_tokens(prog) && layout.size(SpaceId::TOK) == 0 {
-        return Err(RunError(format!(
-            "empty batch: tensor `mask` marks no valid token{dims}, and the program reads token inputs"
-        )));
-    }
 
     // 3. Value inputs.
     let mut values = Vec::with_capacity(prog.inputs.len());
