@@ -2,7 +2,9 @@
 //! `tests/golden/verl.json` and `tests/golden/trl.json` is reproduced through the catalog's
 //! `.obj` files with the library API and the interpreter. So are the four extra verl batches
 //! in `tests/golden/verl_batches/` (ragged rows, fully masked rows, singleton groups; see the
-//! README there): policy losses, advantages, KL penalties and the value loss.
+//! README there): policy losses, advantages, KL penalties and the value loss; and the eight
+//! TRL batches in `tests/golden/trl_batches/` (TRL's own `_compute_loss`): loss, gradient and
+//! metrics.
 //!
 //! Tolerances: loss and metrics within 1e-5 relative (1e-7 absolute); gradients and
 //! per-token outputs within 1e-5 relative (1e-7 absolute) at every valid token. The goldens
@@ -817,7 +819,45 @@ fn check_kl_and_value_loss(v: &Verl, prefix: &str, tally: &mut Tally) {
 
 #[test]
 fn trl_loss_types() {
-    let g = load("trl.json");
+    let mut tally = Tally::new();
+    check_trl(&load("trl.json"), "", &mut tally);
+    let dir = root().join("tests/golden/trl_batches");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 8,
+        "expected the 8 TRL batches in {}",
+        dir.display()
+    );
+    for n in names {
+        let prefix = format!("{}: ", n.trim_end_matches(".json"));
+        check_trl(&load(&format!("trl_batches/{n}")), &prefix, &mut tally);
+    }
+    tally.finish("trl loss types");
+}
+
+/// TRL's metric names → the `.obj` files' (the metrics a batch file records under
+/// `trl_metrics`; the shared golden file records none).
+const TRL_METRICS: &[(&str, &str)] = &[
+    ("kl", "kl"),
+    ("clip_ratio/low_mean", "clip_ratio_low_mean"),
+    ("clip_ratio/high_mean", "clip_ratio_high_mean"),
+    ("clip_ratio/region_mean", "clip_ratio_region_mean"),
+    ("cispo_clip_ratio", "cispo_clip_ratio"),
+    ("vespo/phi_seq_mean", "vespo_phi_seq_mean"),
+];
+
+/// Every case of one TRL golden file (`trl.json` format) through `objectives/trl/<type>.obj`.
+/// luspo: TRL averages over padding too (documented); its loss is compared after removing
+/// TRL's padding KL term where only that term differs (sequence level, the shared file), and
+/// otherwise only its gradients at valid tokens are. With `T = 1` TRL's `kl` metric averages
+/// over all rows, masked ones included (a quirk rlobj does not copy; docs/catalog.md).
+fn check_trl(g: &Value, prefix: &str, tally: &mut Tally) {
     let inp = &g["inputs"];
     let mask = mat(&inp["mask"]);
     let logp = mat(&inp["logp"]);
@@ -832,8 +872,9 @@ fn trl_loss_types() {
         ("mask", dense(&mask)),
     ];
     let beta = num(&inp["beta"]);
-    let mut tally = Tally::new();
+    let padded = mask.iter().flatten().any(|m| *m < 0.5);
     for (key, c) in g["cases"].as_object().cloned().unwrap_or_default() {
+        let name = format!("{prefix}{key}");
         let mut it = key.split("__");
         let lt = it.next().unwrap_or("");
         let level = it.next().unwrap_or("token");
@@ -847,28 +888,34 @@ fn trl_loss_types() {
         let rep = match run(&format!("objectives/trl/{lt}.obj"), &batch, &sets) {
             Ok(r) => r,
             Err(e) => {
-                tally.case(&key, vec![e]);
+                tally.case(&name, vec![e]);
                 continue;
             }
         };
-        let mut want = num(&c["loss"]);
-        if lt == "luspo" {
-            // TRL's KL term at padding positions, which rlobj does not read (documented).
-            let mut pad = 0.0;
-            for i in 0..b {
-                let n: f64 = mask[i].iter().sum();
-                for j in 0..t {
-                    if mask[i][j] < 0.5 {
-                        let k = refp[i][j] - logp[i][j];
-                        pad += (k.exp() - k - 1.0) * n;
+        let mut want = Some(num(&c["loss"]));
+        if lt == "luspo" && padded {
+            want = if level == "sequence" {
+                // TRL's KL term at padding positions, which rlobj does not read.
+                let mut pad = 0.0;
+                for i in 0..b {
+                    let n: f64 = mask[i].iter().sum();
+                    for j in 0..t {
+                        if mask[i][j] < 0.5 {
+                            let k = refp[i][j] - logp[i][j];
+                            pad += (k.exp() - k - 1.0) * n;
+                        }
                     }
                 }
-            }
-            want -= beta * pad / (b * t) as f64;
+                want.map(|w| w - beta * pad / (b * t) as f64)
+            } else {
+                None // TRL's token-level luspo also sums the policy loss at padding
+            };
         }
         let mut problems = Vec::new();
-        if !rep.loss.is_some_and(|l| close(l, want)) {
-            problems.push(format!("loss {:?} vs {want}", rep.loss));
+        if let Some(want) = want {
+            if !rep.loss.is_some_and(|l| close(l, want)) {
+                problems.push(format!("loss {:?} vs {want}", rep.loss));
+            }
         }
         problems.extend(cmp_tokens(
             tokens(&rep.grads, "logp"),
@@ -876,9 +923,20 @@ fn trl_loss_types() {
             &mask,
             "grad.logp",
         ));
-        tally.case(&key, problems);
+        for (trl_name, ours) in TRL_METRICS {
+            let Some(w) = c["trl_metrics"][*trl_name].as_f64() else {
+                continue;
+            };
+            if *ours == "kl" && t == 1 {
+                continue;
+            }
+            match metric(&rep, ours) {
+                Some(m) if (m - w).abs() <= 1e-6 + 1e-5 * w.abs() => {}
+                other => problems.push(format!("metric {ours} {other:?} vs {w}")),
+            }
+        }
+        tally.case(&name, problems);
     }
-    tally.finish("trl loss types");
 }
 
 /// Every catalog file and stdlib module type-checks.
