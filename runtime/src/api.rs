@@ -383,6 +383,7 @@ impl Objective {
     /// Runs the objective on a bound batch and keeps the updated states for the next call.
     pub fn evaluate(&mut self, backend: &mut dyn Backend, bound: &Bound) -> Result<Results> {
         let eval = backend.evaluate(&self.program, bound, &self.params, &self.states)?;
+        crate::batch::check_empty_batch_result(&self.program, &bound.layout, &eval)?;
         for (name, v) in &eval.states {
             if let Some(i) = self.program.states.iter().position(|s| &s.name == name) {
                 self.states[i] = *v;

@@ -20,7 +20,9 @@
 //!   reductions are over nothing (sums and counts 0), so the catalog's objectives give loss 0
 //!   and zero gradients, as TRL does (every denominator clamped to ≥ 1), where verl's
 //!   token-mean divides 0 by 0. A data-parallel rank whose micro-batch is all padding then
-//!   takes a zero step instead of stopping the run or poisoning the weights with NaN.
+//!   takes a zero step instead of stopping the run or poisoning the weights with NaN. An
+//!   objective that divides by an unguarded zero count there gets an error naming the mask
+//!   and the NaN result instead ([`check_empty_batch_result`]).
 //!
 //! Every error names the tensor. Nothing here panics on any file.
 
@@ -286,6 +288,57 @@ fn needs_tokens(prog: &Program) -> bool {
                 )
         }
     })
+}
+
+/// A batch whose mask marks no valid token is a zero step only if the objective guards its
+/// denominators (`max(count, 1)`, as `std::agg` does); an unguarded `sum / count` gives NaN.
+/// That NaN would be the first sign of trouble in a training run, so it is an error here,
+/// naming the mask, the result and the fix. Batches with valid tokens are not checked: a NaN
+/// there is the objective's own arithmetic on real data.
+pub fn check_empty_batch_result(
+    prog: &Program,
+    layout: &Layout,
+    eval: &crate::Evaluation,
+) -> Result<(), RunError> {
+    if layout.size(SpaceId::TOK) != 0 || !(needs_tokens(prog) || uses_tok_space(prog)) {
+        return Ok(());
+    }
+    let mut bad = eval
+        .loss
+        .filter(|l| !l.is_finite())
+        .map(|l| format!("the loss is {l}"));
+    bad = bad.or_else(|| {
+        eval.metrics
+            .iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(n, v)| format!("metric `{n}` is {v}"))
+    });
+    bad = bad.or_else(|| {
+        eval.outputs.iter().find_map(|(n, _, v)| {
+            v.iter()
+                .find(|x| !x.is_finite())
+                .map(|x| format!("output `{n}` has {x}"))
+        })
+    });
+    bad = bad.or_else(|| {
+        eval.grads.iter().find_map(|(id, g)| {
+            g.iter().find(|x| !x.is_finite()).map(|x| {
+                let name = prog
+                    .inputs
+                    .get(id.0 as usize)
+                    .map_or("?", |i| i.name.as_str());
+                format!("the gradient of `{name}` has {x}")
+            })
+        })
+    });
+    match bad {
+        None => Ok(()),
+        Some(what) => Err(RunError(format!(
+            "empty batch: tensor `mask` marks no valid token, and {what}: the objective divides \
+             by a count of zero tokens. Guard the denominator (e.g. `max(count[batch](x), 1)`, as \
+             std::agg does) to make an all-padding batch a zero step"
+        ))),
+    }
 }
 
 /// Uses the tokens of the program anywhere (a `position()` or a token node) without a

@@ -496,11 +496,46 @@ fn empty_batch_is_an_error() {
     assert!(e.contains("empty batch") && e.contains("B = 0"), "{e}");
 }
 
+/// All padding: `t.obj`'s loss is `sum / count` with no guard, 0/0, so the run is an error
+/// naming the mask and the NaN rather than a NaN loss.
 #[test]
-fn all_padding_is_an_error_naming_mask() {
+fn all_padding_with_an_unguarded_division_is_an_error_naming_mask() {
     let c = Case::new();
     let e = run_err(&c, &with(good(), "mask", f32t(&[B, TW], &[0.0; 12])), &[]);
-    assert!(e.contains("`mask`") && e.contains("no valid token"), "{e}");
+    assert!(
+        e.contains("`mask`") && e.contains("no valid token") && e.contains("the loss is NaN"),
+        "{e}"
+    );
+}
+
+/// All padding with a guarded denominator (as every catalog objective has): a zero step.
+#[test]
+fn all_padding_with_a_guarded_division_is_a_zero_step() {
+    let c = Case::new();
+    std::fs::write(
+        c.dir.join("guarded.obj"),
+        "objective g {\n    input logp: f32[tok] @grad\n    input adv: f32[seq]\n    \
+         loss = sum[batch](logp * adv) / max(count[batch](logp), 1)\n    \
+         metric n = count[batch](logp)\n}\n",
+    )
+    .unwrap();
+    let obj = c.path("guarded.obj");
+    let b = c.batch(
+        "empty.safetensors",
+        &with(good(), "mask", f32t(&[B, TW], &[0.0; 12])),
+    );
+    let (code, out, err) = cli(&["run", &obj, "--batch", &b, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["loss"], 0.0, "{out}");
+    assert_eq!(v["metrics"]["n"], 0.0, "{out}");
+    let g = v["grads"]["logp"].as_array().unwrap();
+    assert!(
+        g.iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .all(|x| x == 0.0),
+        "{out}"
+    );
 }
 
 #[test]
