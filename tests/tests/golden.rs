@@ -1032,6 +1032,9 @@ fn parity_files_finite_on_edge_batches() {
     assert!(bad.is_empty());
 }
 
+/// One run of [`all_masked_batch_is_a_zero_step`]: (file, batch, `--set` values).
+type ZeroStepRun<'a> = (String, &'a [(&'a str, HostTensor)], Vec<(&'a str, String)>);
+
 /// A batch whose mask marks no valid token is a zero step on every backend: loss exactly 0,
 /// every gradient 0, every metric finite. That is TRL's result (its denominators are clamped
 /// to ≥ 1); verl's token-mean would divide 0 by 0 (see `runtime/src/batch.rs`).
@@ -1061,8 +1064,7 @@ fn all_masked_batch_is_a_zero_step() {
         ("advantages", HostTensor::float(vec![b], vec1(&inp["adv"]))),
         ("mask", dense(&trl_empty)),
     ];
-    // (file, batch, --set values)
-    let mut runs: Vec<(String, &[(&str, HostTensor)], Vec<(&str, String)>)> = Vec::new();
+    let mut runs: Vec<ZeroStepRun> = Vec::new();
     for mode in [
         "token-mean",
         "token-sum",
