@@ -285,24 +285,31 @@ impl Verl {
     }
 }
 
-/// The extra reference batches, `tests/golden/verl_batches/*.json` (see the README there):
-/// verl's own outputs on ragged rows, fully masked rows and singleton groups. Each comes with
-/// the prefix its case names get.
-fn verl_batches() -> Vec<(String, Verl)> {
-    let dir = root().join("tests/golden/verl_batches");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+/// The `.json` file names in `tests/golden/<dir>`, sorted; at least `at_least` of them (so
+/// that a lost file fails the test instead of shrinking it).
+fn batch_files(dir: &str, at_least: usize) -> Vec<String> {
+    let path = root().join("tests/golden").join(dir);
+    let mut names: Vec<String> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json"))
         .collect();
     names.sort();
     assert!(
-        names.len() >= 4,
-        "expected the 4 reference batches in {}",
-        dir.display()
+        names.len() >= at_least,
+        "expected {at_least} batch files in {}, found {}",
+        path.display(),
+        names.len()
     );
     names
+}
+
+/// The extra reference batches, `tests/golden/verl_batches/*.json` (see the README there):
+/// verl's own outputs on ragged rows, fully masked rows and singleton groups. Each comes with
+/// the prefix its case names get.
+fn verl_batches() -> Vec<(String, Verl)> {
+    batch_files("verl_batches", 4)
         .into_iter()
         .map(|n| {
             let v = Verl::load(&format!("verl_batches/{n}"), 1e-6);
@@ -821,20 +828,7 @@ fn check_kl_and_value_loss(v: &Verl, prefix: &str, tally: &mut Tally) {
 fn trl_loss_types() {
     let mut tally = Tally::new();
     check_trl(&load("trl.json"), "", &mut tally);
-    let dir = root().join("tests/golden/trl_batches");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
-    assert!(
-        names.len() >= 8,
-        "expected the 8 TRL batches in {}",
-        dir.display()
-    );
-    for n in names {
+    for n in batch_files("trl_batches", 8) {
         let prefix = format!("{}: ", n.trim_end_matches(".json"));
         check_trl(&load(&format!("trl_batches/{n}")), &prefix, &mut tally);
     }
