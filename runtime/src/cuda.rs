@@ -33,7 +33,7 @@ mod imp {
     use crate::{Backend, Bound, Evaluation, RunError};
     use candle_core::backend::BackendDevice;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
     use candle_core::op::BackpropOp;
     use candle_core::{CudaDevice, CudaStorage, DType, Storage, Tensor};
@@ -51,6 +51,21 @@ mod imp {
 
     fn cerr(what: &str, e: impl std::fmt::Display) -> RunError {
         RunError(format!("cuda: {what}: {e}"))
+    }
+
+    /// Copies a host slice to a new device buffer. CUDA refuses zero-byte allocations, and a
+    /// batch with no valid token has empty token inputs and index arrays, so an empty slice
+    /// becomes one zero element (kernels never read it: their loops run zero times).
+    fn upload<T: DeviceRepr + ValidAsZeroBits + 'static>(
+        dev: &CudaDevice,
+        s: &[T],
+    ) -> Result<CudaSlice<T>, RunError> {
+        let r = if s.is_empty() {
+            dev.alloc_zeros::<T>(1)
+        } else {
+            dev.clone_htod(s)
+        };
+        r.map_err(|e| cerr("upload", e))
     }
 
     /// A program's plan, kernel text and PTX (NVRTC's disk cache makes repeats cheap).
@@ -153,8 +168,8 @@ mod imp {
         let hb = host_batch_except(prog, &m.plan, bound, params, states, on_device)?;
         let up = |e| cerr("upload", e);
         let a = Arena {
-            scal: dev.clone_htod(hb.scal.as_slice()).map_err(up)?,
-            idx: dev.clone_htod(hb.arena.data.as_slice()).map_err(up)?,
+            scal: upload(dev, hb.scal.as_slice())?,
+            idx: upload(dev, hb.arena.data.as_slice())?,
             work: dev
                 .alloc_zeros::<f32>(hb.arena.work_len.max(1))
                 .map_err(up)?,
@@ -236,10 +251,7 @@ mod imp {
             let (mut a, inputs) = arena(dev, &m, prog, bound, params, states, &[])?;
             let mut bufs = Vec::new();
             for d in inputs.iter().flatten() {
-                bufs.push(
-                    dev.clone_htod(d.as_slice())
-                        .map_err(|e| cerr("upload", e))?,
-                );
+                bufs.push(upload(dev, d.as_slice())?);
             }
             let ins: Vec<Arg<'_>> = bufs.iter().map(|b| Arg::F32(b.slice(..))).collect();
             launch(dev, &m, bound, &ins, &mut a)?;
@@ -369,10 +381,7 @@ mod imp {
         let mut uploads: Vec<Option<CudaSlice<f32>>> = Vec::new();
         for (i, d) in host_inputs.iter().enumerate() {
             uploads.push(match (d, dev_t[i]) {
-                (Some(d), None) => Some(
-                    dev.clone_htod(d.as_slice())
-                        .map_err(|e| cerr("upload", e))?,
-                ),
+                (Some(d), None) => Some(upload(dev, d.as_slice())?),
                 _ => None,
             });
         }
