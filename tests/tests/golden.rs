@@ -1,6 +1,6 @@
 //! Golden parity against verl (1dda039b) and TRL (f2cd5771): every case of
 //! `tests/golden/verl.json` and `tests/golden/trl.json` is reproduced through the catalog's
-//! `.obj` files with the library API and the interpreter. So are the four extra verl batches
+//! `.obj` files with the library API and the interpreter. So are the five extra verl batches
 //! in `tests/golden/verl_batches/` (ragged rows, fully masked rows, singleton groups; see the
 //! README there): policy losses, advantages, KL penalties and the value loss; and the eight
 //! TRL batches in `tests/golden/trl_batches/` (TRL's own `_compute_loss`): loss, gradient and
@@ -309,7 +309,7 @@ fn batch_files(dir: &str, at_least: usize) -> Vec<String> {
 /// verl's own outputs on ragged rows, fully masked rows and singleton groups. Each comes with
 /// the prefix its case names get.
 fn verl_batches() -> Vec<(String, Verl)> {
-    batch_files("verl_batches", 4)
+    batch_files("verl_batches", 5)
         .into_iter()
         .map(|n| {
             let v = Verl::load(&format!("verl_batches/{n}"), 1e-6);
